@@ -1,0 +1,103 @@
+"""Convert easy-VQA (the `easy-vqa` package) to LLaVA conversation records.
+
+    python data_prep/easy_vqa.py --out data/easy_vqa
+
+Writes train.json, test.json and images/{train,test}/<id>.png under --out. Training questions
+about the same image become one multi-turn conversation (as LLaVA-665k does for VQAv2),
+unless --no-group; test records hold one question each, with `question_id` and `answers`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import random
+import shutil
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
+
+
+def question_turn(question: str, with_image: bool) -> dict:
+    prefix = "<image>\n" if with_image else ""
+    return {"from": "human", "value": f"{prefix}{question}\n{SHORT_ANSWER_PROMPT}"}
+
+
+def grouped_records(questions, answers, image_ids, split: str, seed: int) -> list[dict]:
+    by_image = defaultdict(list)
+    for q, a, image_id in zip(questions, answers, image_ids, strict=True):
+        by_image[image_id].append((q, a))
+    rng = random.Random(seed)
+    records = []
+    for image_id in sorted(by_image):
+        pairs = by_image[image_id]
+        rng.shuffle(pairs)
+        turns = []
+        for k, (q, a) in enumerate(pairs):
+            turns += [question_turn(q, with_image=k == 0), {"from": "gpt", "value": a}]
+        records.append({"id": f"easyvqa-{split}-img{image_id}", "image": f"{split}/{image_id}.png",
+                        "conversations": turns})
+    return records
+
+
+def single_records(questions, answers, image_ids, split: str) -> list[dict]:
+    return [{"id": f"easyvqa-{split}-{i}", "question_id": i, "image": f"{split}/{image_id}.png",
+             "conversations": [question_turn(q, True), {"from": "gpt", "value": a}], "answers": [a]}
+            for i, (q, a, image_id) in enumerate(zip(questions, answers, image_ids, strict=True))]
+
+
+def copy_images(paths: dict[int, str], dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for image_id, src in paths.items():
+        target = dest / f"{image_id}.png"
+        if not target.exists():
+            shutil.copyfile(src, target)
+
+
+def import_easy_vqa():
+    """The `easy-vqa` package (its data ships inside it); this script's own name would shadow it."""
+    here = str(Path(__file__).resolve().parent)
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if p not in ("", here) and Path(p or ".").resolve() != Path(here)]
+    sys.modules.pop("easy_vqa", None)
+    try:
+        return importlib.import_module("easy_vqa")
+    finally:
+        sys.path[:] = saved
+
+
+def prepare(out: Path, group: bool = True, seed: int = 0) -> dict:
+    easy_vqa = import_easy_vqa()
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for split, get_questions, get_paths in (
+            ("train", easy_vqa.get_train_questions, easy_vqa.get_train_image_paths),
+            ("test", easy_vqa.get_test_questions, easy_vqa.get_test_image_paths)):
+        questions, answers, image_ids = get_questions()
+        copy_images(get_paths(), out / "images" / split)
+        if split == "train" and group:
+            records = grouped_records(questions, answers, image_ids, split, seed)
+        else:
+            records = single_records(questions, answers, image_ids, split)
+        (out / f"{split}.json").write_text(json.dumps(records))
+        summary[split] = {"questions": len(questions), "images": len(set(image_ids)), "records": len(records)}
+    summary["answers"] = sorted(easy_vqa.get_answers())
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="data/easy_vqa", help="output directory")
+    parser.add_argument("--no-group", action="store_true", help="one training record per question")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the question order within a conversation")
+    args = parser.parse_args(argv)
+    summary = prepare(Path(args.out), group=not args.no_group, seed=args.seed)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

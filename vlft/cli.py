@@ -1,0 +1,97 @@
+"""`vlft train | eval | score | config` -> thin calls into the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from vlft.config import ConfigError, explain, load_config
+from vlft.data.records import DataError
+from vlft.eval.score import ScoreError
+from vlft.models.base import ModelLoadError
+
+# Errors about the user's files and settings: one line, exit status 2, no traceback.
+USER_ERRORS = (DataError, ModelLoadError, ScoreError, FileNotFoundError)
+
+
+def _train(args) -> int:
+    cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        from vlft.train.dry_run import dry_run
+
+        dry_run(cfg)
+        return 0
+    from vlft.train.run import train
+
+    train(cfg)
+    return 0
+
+
+def _eval(args) -> int:
+    from vlft.eval.run_eval import evaluate_run
+
+    metrics = evaluate_run(args.run, args.overrides, out_dir=args.out)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _score(args) -> int:
+    from vlft.eval.score import score_vqav2
+
+    print(json.dumps(score_vqav2(args.questions, args.annotations, args.results)))
+    return 0
+
+
+def _explain(args) -> int:
+    for key, type_name, default, text in explain():
+        print(f"{key:<36} {type_name:<28} {default:<24} {text}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlft", description="Fine-tune vision-language models with DoRA.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train as a YAML config says")
+    train.add_argument("config", help="YAML config (see configs/)")
+    train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. training.lr=1e-4")
+    train.add_argument("--dry-run", action="store_true", help="build on the meta device and print parameters only")
+    # The deepspeed launcher appends --local_rank=N; the rank also arrives in $LOCAL_RANK.
+    train.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
+    train.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="evaluate a run directory (or a config) on its eval set")
+    ev.add_argument("run", help="run directory written by `vlft train`, or a YAML config")
+    ev.add_argument("overrides", nargs="*", help="key=value overrides, e.g. eval.max_samples=500")
+    ev.add_argument("--out", help="where predictions.json and metrics.json go (default: the run directory)")
+    ev.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
+    ev.set_defaults(func=_eval)
+
+    score = sub.add_parser("score", help="score result files in official formats")
+    score_sub = score.add_subparsers(dest="benchmark", required=True)
+    vqa = score_sub.add_parser("vqav2", help="official VQAv2 accuracy")
+    vqa.add_argument("--questions", required=True, help="v2_OpenEnded_mscoco_*_questions.json")
+    vqa.add_argument("--annotations", required=True, help="v2_mscoco_*_annotations.json")
+    vqa.add_argument("--results", required=True, help="JSON list of {question_id, answer}")
+    vqa.set_defaults(func=_score)
+
+    config = sub.add_parser("config", help="describe config keys")
+    config_sub = config.add_subparsers(dest="action", required=True)
+    config_sub.add_parser("explain", help="every key with its type, default and meaning").set_defaults(func=_explain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+"""Typed run configuration: YAML -> dataclasses with strict keys.
+
+Every block of a config file is one dataclass below. ``load_config(path, overrides)``
+reads YAML with the safe loader, applies ``key=value`` overrides (dotted keys, values
+parsed as YAML scalars), and rejects unknown keys and wrong types with a message that
+names the file, the key, and the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+TowerMethod = Literal["frozen", "lora", "dora", "full"]
+
+
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message names the key."""
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:
+    if default is dataclasses.MISSING and "default_factory" not in kw:
+        return field(metadata={"help": text}, **kw)
+    if "default_factory" in kw:
+        return field(metadata={"help": text}, **kw)
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class TinyModelConfig:
+    """Sizes of the offline `tiny` model built from config (random init)."""
+
+    image_size: int = _help("Input image side in pixels.", 64)
+    patch_size: int = _help("Vision patch size; image tokens = (image_size / patch_size)^2.", 8)
+    vision_hidden_size: int = _help("Width of the CLIP-ViT vision tower.", 64)
+    vision_layers: int = _help("Transformer layers in the vision tower.", 2)
+    text_hidden_size: int = _help("Width of the Llama text model.", 128)
+    text_layers: int = _help("Transformer layers in the text model.", 2)
+    num_heads: int = _help("Attention heads in both towers.", 4)
+    seed: int = _help("Seed of the random initialisation.", 0)
+
+
+@dataclass
+class ModelConfig:
+    family: Literal["llava"] = _help("Model family.", "llava")
+    name_or_path: str = _help("Hub name, local checkpoint directory, or `tiny` to build a small model offline.", "tiny")
+    dtype: Literal["float32", "bfloat16", "float16"] = _help("Weights dtype at load time.", "float32")
+    gradient_checkpointing: bool = _help("Recompute activations in backward to save memory.", False)
+    attn_implementation: str | None = _help("transformers attention backend (sdpa, eager, flash_attention_2).", None)
+    tiny: TinyModelConfig = _help("Sizes used when name_or_path is `tiny`.", default_factory=TinyModelConfig)
+
+
+@dataclass
+class AdaptersConfig:
+    language: TowerMethod = _help("Method for the language tower.", "dora")
+    vision: TowerMethod = _help("Method for the vision tower (its Conv2d patch embedding included).", "frozen")
+    projector: TowerMethod = _help("Method for the vision-to-language projector.", "full")
+    r: int = _help("LoRA/DoRA rank.", 8)
+    alpha: float = _help("LoRA/DoRA alpha; scale s = alpha / r (alpha / sqrt(r) with rslora).", 16.0)
+    dropout: float = _help("Dropout on the low-rank branch input.", 0.0)
+    rslora: bool = _help("Use rank-stabilised scaling alpha / sqrt(r).", False)
+    target_regex: str | None = _help("Escape hatch: a peft target regex used instead of the tower map.", None)
+
+    def __post_init__(self):
+        if self.r <= 0:
+            raise ConfigError(f"adapters.r must be a positive integer, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"adapters.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class DataConfig:
+    train: str = _help("Training records: LLaVA conversation JSON (list) or JSONL.")
+    eval: str | None = _help("Evaluation records in the same format (answers in `answers` or the last gpt turn).", None)
+    image_folder: str = _help("Directory that record `image` paths are relative to.", ".")
+    max_length: int = _help("Maximum tokens per example, image tokens included.", 2048)
+    num_workers: int = _help("DataLoader worker processes.", 0)
+    system_prompt: str = _help("Text placed before the first user turn.", "")
+
+
+@dataclass
+class TrainingConfig:
+    output_dir: str = _help("Run directory: checkpoints, adapter, metrics.json.")
+    seed: int = _help("Seed for init, data order and dropout.", 42)
+    epochs: float = _help("Passes over the training data.", 1.0)
+    max_steps: int = _help("Stop after this many optimizer steps (-1: use epochs).", -1)
+    per_device_batch_size: int = _help("Examples per process per micro-step.", 8)
+    gradient_accumulation_steps: int = _help("Micro-steps per optimizer step.", 1)
+    lr: float = _help("Peak learning rate of adapters and fully trained towers.", 2e-4)
+    projector_lr: float | None = _help("Learning rate of the projector (default: lr).", None)
+    weight_decay: float = _help("AdamW weight decay.", 0.0)
+    scheduler: str = _help("transformers scheduler name (cosine, linear, constant, ...).", "cosine")
+    warmup_ratio: float = _help("Fraction of steps spent warming up.", 0.03)
+    max_grad_norm: float = _help("Gradient clipping norm.", 1.0)
+    bf16: bool = _help("Mixed precision in bfloat16.", False)
+    logging_steps: int = _help("Log the loss every N steps.", 10)
+    save_steps: int = _help("Write a checkpoint every N steps.", 500)
+    save_total_limit: int | None = _help("Keep at most this many checkpoints.", 2)
+    eval_steps: int = _help("Evaluate every N steps (0: only at the end).", 0)
+    resume: str | None = _help("`auto` (newest checkpoint in output_dir), a checkpoint path, or null.", None)
+    deepspeed: str | None = _help("DeepSpeed JSON config (configs/deepspeed/zero{2,3,3_offload}.json).", None)
+    report_to: list[str] = _help("Trainer loggers (tensorboard, wandb, none).", default_factory=lambda: ["none"])
+
+
+@dataclass
+class EvalConfig:
+    max_samples: int | None = _help("Evaluate on the first N eval records (null: all).", None)
+    batch_size: int = _help("Prompts per generation batch per process.", 32)
+    max_new_tokens: int = _help("Greedy generation length.", 16)
+    metric: Literal["vqa"] = _help("Metric: vqa (official VQAv2 accuracy).", "vqa")
+    at_end: bool = _help("Evaluate once training ends.", True)
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = _help("Training and evaluation data.")
+    training: TrainingConfig = _help("Optimisation, checkpoints, DeepSpeed.")
+    model: ModelConfig = _help("Which model and how to load it.", default_factory=ModelConfig)
+    adapters: AdaptersConfig = _help("Per-tower fine-tuning method and DoRA/LoRA hyper-parameters.",
+                                     default_factory=AdaptersConfig)
+    eval: EvalConfig = _help("Generation-based evaluation.", default_factory=EvalConfig)
+
+
+def _closest(key: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(valid)}"
+
+
+def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
+    """Check ``value`` against a field annotation; return it converted where safe (int -> float)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(value, option, key, source)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise errors[0] if len(errors) == 1 else ConfigError(f"{source}: '{key}' has the wrong type: {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ConfigError(f"{source}: '{key}' must be one of {list(allowed)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value]
+        (item_type,) = typing.get_args(annotation)
+        return [_coerce(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, key, source)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "2e-4" as a string
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
+        raise ConfigError(f"{source}: '{key}' expects {annotation.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: '{prefix}' must be a mapping of keys, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            valid = [f"{prefix}.{k}" if prefix else k for k in fields]
+            raise ConfigError(f"{source}: unknown key '{dotted}'{_closest(dotted, valid)}")
+        kwargs[key] = _coerce(value, hints[key], dotted, source)
+    missing = [name for name, f in fields.items() if name not in kwargs and _is_required(f)]
+    if missing:
+        raise ConfigError(f"{source}: missing required key '{prefix + '.' if prefix else ''}{missing[0]}'")
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def _is_required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _apply_override(raw: dict, override: str, source: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"{source}: override '{override}' must look like key=value (e.g. training.lr=1e-4)")
+    dotted, text = override.split("=", 1)
+    node = raw
+    *parents, leaf = dotted.strip().split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{source}: cannot set '{dotted}': '{part}' is not a block")
+    node[leaf] = yaml.safe_load(text) if text.strip() else None
+
+
+def config_from_dict(raw: dict, overrides: list[str] | tuple = (), source: str = "<config>") -> RunConfig:
+    raw = dict(raw or {})
+    for override in overrides:
+        _apply_override(raw, override, "override")
+    return _build(RunConfig, raw, "", source)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple = ()) -> RunConfig:
+    """Read a YAML config with the safe loader, apply ``key=value`` overrides, validate every key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return config_from_dict(raw, overrides, source=str(path))
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def explain(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help) for every config key, for `vlft config explain`."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows.extend(explain(hints[f.name], key + "."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+        type_name = str(hints[f.name]).replace("typing.", "")
+        rows.append((key, type_name, repr(default), f.metadata.get("help", "")))
+    return rows

@@ -1,0 +1,80 @@
+"""Record schema (LLaVA conversation format) and reading it from JSON or JSONL.
+
+A record: ``{"id", "image"?, "conversations": [{"from": "human"|"gpt", "value": str}, ...]}``.
+Evaluation records may add ``"answers": [str, ...]`` (all reference answers) and
+``"question_id"``; without ``answers`` the last gpt turn is the reference.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+IMAGE_PLACEHOLDER = "<image>"
+
+
+class DataError(ValueError):
+    """A data file or record is malformed; the message names the file, record and field."""
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """Read a JSON list or JSONL file of records, checking every record's fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    text = path.read_text()
+    if path.suffix == ".jsonl":
+        records = []
+        for line_no, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{line_no}: not valid JSON: {err.msg}") from None
+    else:
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: not valid JSON at line {err.lineno}: {err.msg}") from None
+        if not isinstance(records, list):
+            raise DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+    for index, record in enumerate(records):
+        validate_record(record, f"{path} record {index}")
+    return records
+
+
+def validate_record(record: dict, where: str) -> None:
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
+    where = f"{where} (id {record['id']})" if "id" in record else where
+    turns = record.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise DataError(f"{where}: field 'conversations' must be a non-empty list")
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or turn.get("from") not in ROLES or not isinstance(turn.get("value"), str):
+            raise DataError(f"{where}: conversations[{i}] must be {{'from': 'human'|'gpt', 'value': str}}, got {turn!r}")
+    image = record.get("image")
+    if image is not None and not isinstance(image, str):
+        raise DataError(f"{where}: field 'image' must be a path string, got {type(image).__name__}")
+    placeholders = sum(t["value"].count(IMAGE_PLACEHOLDER) for t in turns)
+    if placeholders != (1 if image else 0):
+        raise DataError(f"{where}: {placeholders} '{IMAGE_PLACEHOLDER}' placeholder(s) for "
+                        f"{1 if image else 0} image(s)")
+    answers = record.get("answers")
+    if answers is not None and (not isinstance(answers, list) or not all(isinstance(a, str) for a in answers)):
+        raise DataError(f"{where}: field 'answers' must be a list of strings")
+
+
+def references(record: dict) -> list[str]:
+    """Reference answers of an evaluation record."""
+    if record.get("answers"):
+        return list(record["answers"])
+    return [record["conversations"][-1]["value"]]
+
+
+def question_turns(record: dict) -> list[dict]:
+    """The conversation up to (not including) the final assistant answer."""
+    turns = record["conversations"]
+    return turns[:-1] if ROLES[turns[-1]["from"]] == "assistant" else turns

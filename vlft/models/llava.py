@@ -1,0 +1,125 @@
+"""LLaVA family: transformers' LlavaForConditionalGeneration (CLIP-ViT + projector + Llama).
+
+One way in: `load(model_cfg, path)` reads any transformers LLaVA checkpoint from a hub name or a
+local directory; `build_tiny(...)` writes a small random-init checkpoint with `save_pretrained`
+so that tests and the offline default go through exactly the same `load`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoTokenizer,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    GenerationConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+)
+
+from vlft.config import ModelConfig, TinyModelConfig
+from vlft.data.template import LLAVA_V1
+from vlft.models.base import ModelBundle, ModelLoadError
+from vlft.models.tokenizer import IMAGE_TOKEN, build_word_tokenizer
+
+# Module-name prefixes of each tower: transformers >= 4.52 first, older layouts after.
+TOWERS = {
+    "vision": ("model.vision_tower", "vision_tower"),
+    "projector": ("model.multi_modal_projector", "multi_modal_projector"),
+    "language": ("model.language_model", "language_model.model"),
+}
+# Checkpoints whose architecture ships with vlft, for --dry-run without network.
+SHIPPED_ARCHITECTURES = {"llava-hf/llava-1.5-7b-hf": "llava-1.5-7b-hf.json"}
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def num_image_tokens(config: LlavaConfig) -> int:
+    """Tokens one image occupies in the text: patches, plus CLS under the `full` strategy."""
+    vision = config.vision_config
+    patches = (vision.image_size // vision.patch_size) ** 2
+    return patches + (1 if config.vision_feature_select_strategy == "full" else 0)
+
+
+def load(model_cfg: ModelConfig, path: str) -> ModelBundle:
+    """Load model, tokenizer and image processor from a hub name or a local checkpoint directory."""
+    dtype = getattr(torch, model_cfg.dtype)
+    kwargs = {"dtype": dtype}
+    if model_cfg.attn_implementation:
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    try:
+        model = LlavaForConditionalGeneration.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        image_processor = AutoImageProcessor.from_pretrained(path)
+    except OSError as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(
+            f"cannot load LLaVA checkpoint '{path}': not a local checkpoint directory and not reachable on the "
+            f"model hub ({first_line})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return ModelBundle(
+        model=model, tokenizer=tokenizer, image_processor=image_processor, template=LLAVA_V1,
+        num_image_tokens=num_image_tokens(model.config), image_token_id=model.config.image_token_index,
+        towers=TOWERS, base_path=str(path))
+
+
+def build_tiny(tiny: TinyModelConfig, texts: Iterable[str], out_dir: str | Path) -> Path:
+    """Write a small random-init LLaVA (CLIP-ViT + Llama) and its processor to ``out_dir``.
+
+    The tokenizer's vocabulary comes from ``texts`` (the training conversations).
+    """
+    out_dir = Path(out_dir)
+    template_words = LLAVA_V1.user_prefix.split() + LLAVA_V1.assistant_prefix.split()
+    tokenizer = build_word_tokenizer(texts, extra_words=[w.strip(":") for w in template_words] + [":"])
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    vision = CLIPVisionConfig(
+        hidden_size=tiny.vision_hidden_size, intermediate_size=4 * tiny.vision_hidden_size,
+        num_hidden_layers=tiny.vision_layers, num_attention_heads=tiny.num_heads,
+        image_size=tiny.image_size, patch_size=tiny.patch_size)
+    text = LlamaConfig(
+        hidden_size=tiny.text_hidden_size, intermediate_size=4 * tiny.text_hidden_size,
+        num_hidden_layers=tiny.text_layers, num_attention_heads=tiny.num_heads, num_key_value_heads=tiny.num_heads,
+        vocab_size=len(tokenizer), max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    # With a 2-layer tower the penultimate layer (LLaVA's -2) would skip half the tower.
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token_id,
+                         vision_feature_layer=-1, vision_feature_select_strategy="default",
+                         image_seq_length=(tiny.image_size // tiny.patch_size) ** 2, tie_word_embeddings=False)
+    torch.manual_seed(tiny.seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    CLIPImageProcessor(
+        size={"shortest_edge": tiny.image_size}, crop_size={"height": tiny.image_size, "width": tiny.image_size},
+        image_mean=CLIP_MEAN, image_std=CLIP_STD).save_pretrained(out_dir)
+    return out_dir
+
+
+def architecture_config(name_or_path: str) -> LlavaConfig:
+    """The architecture alone (no weights): shipped JSON for known checkpoints, else config.json."""
+    if name_or_path in SHIPPED_ARCHITECTURES:
+        text = resources.files("vlft.models").joinpath("arch", SHIPPED_ARCHITECTURES[name_or_path]).read_text()
+        return LlavaConfig(**json.loads(text))
+    try:
+        return AutoConfig.from_pretrained(name_or_path)
+    except OSError as err:
+        raise ModelLoadError(f"cannot read the architecture of '{name_or_path}': {str(err).splitlines()[0]}") from None
+
+
+def build_on_meta(config: LlavaConfig) -> LlavaForConditionalGeneration:
+    """Instantiate the architecture without allocating weights."""
+    with torch.device("meta"):
+        return LlavaForConditionalGeneration(config)

@@ -1,0 +1,123 @@
+"""One training run, top to bottom: arguments -> model -> adapters -> data -> Trainer -> files.
+
+`train(cfg)` is what `scripts/train.py` and `vlft train` call, in one process or under the
+`deepspeed` launcher (the Trainer's DeepSpeed integration drives ZeRO).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from vlft.adapters import apply_adapters, trainable_summary
+from vlft.config import RunConfig, config_to_dict
+from vlft.data.dataset import ConversationDataset, VisionTextCollator
+from vlft.data.records import read_records
+from vlft.models import ModelBundle, get_family
+from vlft.train.trainer import VlftTrainer
+
+TINY = "tiny"
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def log(message: str) -> None:
+    if is_main_process():
+        print(message, flush=True)
+
+
+def build_training_arguments(cfg: RunConfig) -> TrainingArguments:
+    """Built before the model is loaded: with ZeRO-3 this makes from_pretrained load partitioned."""
+    t = cfg.training
+    return TrainingArguments(
+        output_dir=t.output_dir, seed=t.seed, data_seed=t.seed, num_train_epochs=t.epochs, max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.lr, weight_decay=t.weight_decay, lr_scheduler_type=t.scheduler, warmup_steps=t.warmup_ratio,
+        max_grad_norm=t.max_grad_norm, bf16=t.bf16, logging_steps=t.logging_steps, logging_first_step=True,
+        save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if t.eval_steps > 0 and cfg.data.eval else "no",
+        eval_steps=t.eval_steps if t.eval_steps > 0 else None, deepspeed=t.deepspeed, report_to=t.report_to,
+        gradient_checkpointing=cfg.model.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.model.gradient_checkpointing else None,
+        dataloader_num_workers=cfg.data.num_workers, remove_unused_columns=False, label_names=["labels"],
+        use_cpu=not torch.cuda.is_available(), ddp_find_unused_parameters=False, save_only_model=False)
+
+
+def tiny_base_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.training.output_dir).resolve() / "base_model"
+
+
+def training_texts(cfg: RunConfig) -> list[str]:
+    return [turn["value"] for record in read_records(cfg.data.train) for turn in record["conversations"]]
+
+
+def load_model(cfg: RunConfig, args: TrainingArguments) -> ModelBundle:
+    """Load the checkpoint named in the config; `tiny` is first built and saved into the run directory."""
+    family = get_family(cfg.model.family)
+    path = cfg.model.name_or_path
+    if path == TINY:
+        base = tiny_base_dir(cfg)
+        with args.main_process_first(desc="build tiny base model", local=False):
+            if not (base / "config.json").is_file():
+                family.build_tiny(cfg.model.tiny, training_texts(cfg), base)
+        path = str(base)
+    return family.load(cfg.model, path)
+
+
+def resolve_resume(cfg: RunConfig) -> str | None:
+    resume = cfg.training.resume
+    if resume in (None, "", "none"):
+        return None
+    if resume == "auto":
+        out = Path(cfg.training.output_dir)
+        return get_last_checkpoint(str(out)) if out.is_dir() else None
+    if not Path(resume).is_dir():
+        raise FileNotFoundError(f"training.resume: checkpoint directory not found: {resume}")
+    return resume
+
+
+def save_outputs(trainer: VlftTrainer, bundle: ModelBundle, cfg: RunConfig, metrics: dict) -> None:
+    """Adapter (peft format, projector included), processor, resolved config and metrics."""
+    out = Path(cfg.training.output_dir)
+    trainer.save_model(str(out))
+    if trainer.is_world_process_zero():
+        bundle.tokenizer.save_pretrained(out)
+        bundle.image_processor.save_pretrained(out)
+        (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def train(cfg: RunConfig) -> dict:
+    """Run training (and evaluation) as configured; return the metrics written to metrics.json."""
+    start = time.time()
+    set_seed(cfg.training.seed)
+    args = build_training_arguments(cfg)
+    bundle = load_model(cfg, args)
+    model = apply_adapters(bundle.model, bundle.towers, cfg.adapters)
+    table, params = trainable_summary(model, bundle.towers, cfg.adapters)
+    log(f"trainable parameters ({cfg.model.name_or_path}):\n{table}")
+    train_set = ConversationDataset(cfg.data.train, bundle, cfg.data.image_folder, cfg.data.max_length)
+    trainer = VlftTrainer(model=model, args=args, train_dataset=train_set, bundle=bundle, run_config=cfg,
+                          data_collator=VisionTextCollator(bundle.tokenizer.pad_token_id))
+    resume = resolve_resume(cfg)
+    if resume:
+        log(f"resuming from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
+    metrics = {**params, "world_size": args.world_size, "train_loss": result.training_loss,
+               "global_step": result.global_step, "train_runtime_s": round(result.metrics["train_runtime"], 2),
+               "resumed_from": resume}
+    if cfg.eval.at_end and cfg.data.eval:
+        metrics["eval"] = trainer.evaluate()
+    metrics["wall_time_s"] = round(time.time() - start, 2)
+    save_outputs(trainer, bundle, cfg, metrics)
+    log(json.dumps(metrics, indent=2))
+    return metrics
