@@ -8,6 +8,7 @@ names the file, the key, and the closest valid key.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -128,7 +129,18 @@ class RunConfig:
     eval: EvalConfig = _help("Generation-based evaluation.", default_factory=EvalConfig)
 
 
+# Names people bring from the transformers Trainer and peft, mapped to ours.
+KNOWN_ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size":
+                 "per_device_batch_size", "lora_alpha": "alpha", "lora_dropout": "dropout", "lora_r": "r",
+                 "rank": "r", "model_name_or_path": "name_or_path", "resume_from_checkpoint": "resume",
+                 "lr_scheduler_type": "scheduler", "use_rslora": "rslora"}
+
+
 def _closest(key: str, valid: list[str]) -> str:
+    *parents, leaf = key.split(".")
+    alias = ".".join([*parents, KNOWN_ALIASES.get(leaf, "")])
+    if alias in valid:
+        return f"; did you mean '{alias}'?"
     match = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(valid)}"
 
@@ -210,7 +222,7 @@ def _apply_override(raw: dict, override: str, source: str) -> None:
 
 
 def config_from_dict(raw: dict, overrides: list[str] | tuple = (), source: str = "<config>") -> RunConfig:
-    raw = dict(raw or {})
+    raw = copy.deepcopy(raw or {})
     for override in overrides:
         _apply_override(raw, override, "override")
     return _build(RunConfig, raw, "", source)

@@ -84,12 +84,15 @@ def build_tiny(tiny: TinyModelConfig, texts: Iterable[str], out_dir: str | Path)
     vision = CLIPVisionConfig(
         hidden_size=tiny.vision_hidden_size, intermediate_size=4 * tiny.vision_hidden_size,
         num_hidden_layers=tiny.vision_layers, num_attention_heads=tiny.num_heads,
-        image_size=tiny.image_size, patch_size=tiny.patch_size)
+        image_size=tiny.image_size, patch_size=tiny.patch_size, initializer_range=tiny.vision_hidden_size ** -0.5)
     text = LlamaConfig(
         hidden_size=tiny.text_hidden_size, intermediate_size=4 * tiny.text_hidden_size,
         num_hidden_layers=tiny.text_layers, num_attention_heads=tiny.num_heads, num_key_value_heads=tiny.num_heads,
         vocab_size=len(tokenizer), max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False,
+        # A frozen random lm_head at the default std 0.02 caps logits near 2.6 at width 128: the model could
+        # never become confident. Standard 1/sqrt(width) scales behave like a pretrained model's.
+        initializer_range=tiny.text_hidden_size ** -0.5)
     # With a 2-layer tower the penultimate layer (LLaVA's -2) would skip half the tower.
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token_id,
                          vision_feature_layer=-1, vision_feature_select_strategy="default",

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 from transformers import TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from vlft.adapters import apply_adapters, trainable_summary
 from vlft.config import RunConfig, config_to_dict
@@ -73,13 +74,21 @@ def load_model(cfg: RunConfig, args: TrainingArguments) -> ModelBundle:
     return family.load(cfg.model, path)
 
 
+def latest_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest checkpoint-N whose trainer_state.json exists (the Trainer writes it last), so that a
+    run killed while saving resumes from the checkpoint before, not from a half-written one."""
+    out = Path(output_dir)
+    steps = [int(m.group(1)) for p in out.glob("checkpoint-*") if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
+             and (p / "trainer_state.json").is_file()] if out.is_dir() else []
+    return str(out / f"checkpoint-{max(steps)}") if steps else None
+
+
 def resolve_resume(cfg: RunConfig) -> str | None:
     resume = cfg.training.resume
     if resume in (None, "", "none"):
         return None
     if resume == "auto":
-        out = Path(cfg.training.output_dir)
-        return get_last_checkpoint(str(out)) if out.is_dir() else None
+        return latest_complete_checkpoint(cfg.training.output_dir)
     if not Path(resume).is_dir():
         raise FileNotFoundError(f"training.resume: checkpoint directory not found: {resume}")
     return resume
@@ -96,9 +105,24 @@ def save_outputs(trainer: VlftTrainer, bundle: ModelBundle, cfg: RunConfig, metr
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
-def train(cfg: RunConfig) -> dict:
-    """Run training (and evaluation) as configured; return the metrics written to metrics.json."""
+@dataclass
+class TrainResult:
+    metrics: dict  # what metrics.json holds
+    model: torch.nn.Module  # the trained model (a PeftModel when adapters were used)
+    bundle: ModelBundle
+
+
+def limit_cpu_threads() -> None:
+    """Several ranks on one CPU host would each start one thread per core and fight for them."""
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if local_world > 1 and not torch.cuda.is_available():
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+
+
+def train(cfg: RunConfig) -> TrainResult:
+    """Run training (and evaluation) as configured; metrics also go to output_dir/metrics.json."""
     start = time.time()
+    limit_cpu_threads()
     set_seed(cfg.training.seed)
     args = build_training_arguments(cfg)
     bundle = load_model(cfg, args)
@@ -120,4 +144,4 @@ def train(cfg: RunConfig) -> dict:
     metrics["wall_time_s"] = round(time.time() - start, 2)
     save_outputs(trainer, bundle, cfg, metrics)
     log(json.dumps(metrics, indent=2))
-    return metrics
+    return TrainResult(metrics=metrics, model=model, bundle=bundle)
