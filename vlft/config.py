@@ -27,11 +27,10 @@ class ConfigError(ValueError):
 
 
 def _help(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:
-    if default is dataclasses.MISSING and "default_factory" not in kw:
-        return field(metadata={"help": text}, **kw)
-    if "default_factory" in kw:
-        return field(metadata={"help": text}, **kw)
-    return field(default=default, metadata={"help": text})
+    """A dataclass field whose help text `vlft config explain` prints."""
+    if default is not dataclasses.MISSING:
+        kw["default"] = default
+    return field(metadata={"help": text}, **kw)
 
 
 @dataclass
@@ -51,7 +50,7 @@ class TinyModelConfig:
 @dataclass
 class ModelConfig:
     family: Literal["llava"] = _help("Model family.", "llava")
-    name_or_path: str = _help("Hub name, local checkpoint directory, or `tiny` to build a small model offline.", "tiny")
+    name_or_path: str = _help("Hub name, local checkpoint directory, or `tiny` (a small model built offline).", "tiny")
     dtype: Literal["float32", "bfloat16", "float16"] = _help("Weights dtype at load time.", "float32")
     gradient_checkpointing: bool = _help("Recompute activations in backward to save memory.", False)
     attn_implementation: str | None = _help("transformers attention backend (sdpa, eager, flash_attention_2).", None)
@@ -68,6 +67,8 @@ class AdaptersConfig:
     dropout: float = _help("Dropout on the low-rank branch input.", 0.0)
     rslora: bool = _help("Use rank-stabilised scaling alpha / sqrt(r).", False)
     target_regex: str | None = _help("Escape hatch: a peft target regex used instead of the tower map.", None)
+    dora_impl: Literal["vlft", "peft"] = _help("DoRA forward: vlft's (same function, less time and memory) or "
+                                               "stock peft's. Adapter files are peft's either way.", "vlft")
 
     def __post_init__(self):
         if self.r <= 0:
@@ -79,7 +80,7 @@ class AdaptersConfig:
 @dataclass
 class DataConfig:
     train: str = _help("Training records: LLaVA conversation JSON (list) or JSONL.")
-    eval: str | None = _help("Evaluation records in the same format (answers in `answers` or the last gpt turn).", None)
+    eval: str | None = _help("Eval records, same format (references: `answers`, else the last gpt turn).", None)
     image_folder: str = _help("Directory that record `image` paths are relative to.", ".")
     max_length: int = _help("Maximum tokens per example, image tokens included.", 2048)
     num_workers: int = _help("DataLoader worker processes.", 0)

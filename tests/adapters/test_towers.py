@@ -1,18 +1,15 @@
 import pytest
-import torch
 from torch import nn
 
 from vlft.adapters import apply_adapters, count_parameters, resolve_tower_targets
 from vlft.config import AdaptersConfig
-from vlft.models.llava import TOWERS, build_on_meta
-from vlft.models.tokenizer import build_word_tokenizer
+from vlft.models.llava import TOWERS
 
 
 @pytest.fixture(scope="module")
 def tiny_llava(tmp_path_factory):
-    from vlft.config import TinyModelConfig
+    from vlft.config import ModelConfig, TinyModelConfig
     from vlft.models.llava import build_tiny, load
-    from vlft.config import ModelConfig
 
     path = build_tiny(TinyModelConfig(image_size=32, patch_size=8, vision_hidden_size=32, vision_layers=1,
                                       text_hidden_size=32, text_layers=1, num_heads=2),
@@ -22,7 +19,8 @@ def tiny_llava(tmp_path_factory):
 
 def test_vision_tower_resolves_linear_and_the_conv2d_patch_embedding(tiny_llava):
     model = tiny_llava()
-    targets = resolve_tower_targets(model, TOWERS, AdaptersConfig(language="frozen", vision="dora", projector="frozen"))
+    cfg = AdaptersConfig(language="frozen", vision="dora", projector="frozen")
+    targets = resolve_tower_targets(model, TOWERS, cfg)
     assert "model.vision_tower.embeddings.patch_embedding" in targets.adapted
     assert isinstance(model.get_submodule("model.vision_tower.embeddings.patch_embedding"), nn.Conv2d)
     assert "model.vision_tower.encoder.layers.0.self_attn.q_proj" in targets.adapted

@@ -46,7 +46,8 @@ def test_saved_adapter_loads_in_stock_peft_with_identical_logits(finished_run):
 
     out, result = finished_run
     adapter_config = json.loads((out / "adapter_config.json").read_text())
-    assert adapter_config["use_dora"] and Path(adapter_config["base_model_name_or_path"]) == out.resolve() / "base_model"
+    assert adapter_config["use_dora"]
+    assert Path(adapter_config["base_model_name_or_path"]) == out.resolve() / "base_model"
     base = LlavaForConditionalGeneration.from_pretrained(adapter_config["base_model_name_or_path"])
     stock = PeftModel.from_pretrained(base, str(out)).eval()
     trained = result.model.eval()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
+from vlft.adapters.dora import use_vlft_dora
 from vlft.adapters.towers import TOWER_NAMES, TowerTargets, resolve_tower_targets, tower_of
 from vlft.config import AdaptersConfig
 
@@ -31,10 +32,13 @@ def apply_adapters(model: nn.Module, towers: dict[str, tuple[str, ...]], cfg: Ad
         return model
     if cfg.target_regex and targets.method is None:
         targets.method = "dora" if "dora" in (cfg.language, cfg.vision) else "lora"
-    return get_peft_model(model, build_lora_config(targets, cfg))
+    model = get_peft_model(model, build_lora_config(targets, cfg))
+    if targets.method == "dora" and cfg.dora_impl == "vlft":
+        use_vlft_dora(model)
+    return model
 
 
-def _base_name(name: str) -> str:
+def base_param_name(name: str) -> str:
     name = name.removeprefix(PEFT_PREFIX)
     # peft's modules_to_save keeps the original next to the trained copy; count the module once.
     return name.replace(".modules_to_save.default", "")
@@ -53,7 +57,7 @@ def count_parameters(model: nn.Module, towers: dict[str, tuple[str, ...]]) -> di
     for name, param in model.named_parameters():
         if ".original_module." in name:
             continue
-        row = counts[tower_of(_base_name(name), towers)]
+        row = counts[tower_of(base_param_name(name), towers)]
         for c in (row, counts["total"]):
             c.total += param.numel()
             c.trainable += param.numel() if param.requires_grad else 0

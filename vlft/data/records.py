@@ -54,7 +54,8 @@ def validate_record(record: dict, where: str) -> None:
         raise DataError(f"{where}: field 'conversations' must be a non-empty list")
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict) or turn.get("from") not in ROLES or not isinstance(turn.get("value"), str):
-            raise DataError(f"{where}: conversations[{i}] must be {{'from': 'human'|'gpt', 'value': str}}, got {turn!r}")
+            raise DataError(f"{where}: conversations[{i}] must be {{'from': 'human'|'gpt', 'value': str}}, "
+                            f"got {turn!r}")
     image = record.get("image")
     if image is not None and not isinstance(image, str):
         raise DataError(f"{where}: field 'image' must be a path string, got {type(image).__name__}")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from vlft.adapters.dora import use_vlft_dora
 from vlft.config import RunConfig, load_config
 from vlft.eval.evaluator import evaluate_vqa
 from vlft.models import ModelBundle, get_family
@@ -23,6 +24,8 @@ def load_trained(run_dir: str | Path, cfg: RunConfig) -> ModelBundle:
         base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
         bundle = family.load(cfg.model, base)
         bundle.model = PeftModel.from_pretrained(bundle.model, str(run_dir))
+        if cfg.adapters.dora_impl == "vlft":
+            use_vlft_dora(bundle.model)
     else:
         bundle = family.load(cfg.model, str(run_dir))
     bundle.model.eval()

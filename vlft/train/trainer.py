@@ -8,8 +8,8 @@ import torch
 from transformers import Trainer
 from transformers.integrations import is_deepspeed_zero3_enabled
 
+from vlft.adapters.setup import base_param_name
 from vlft.adapters.towers import tower_of
-from vlft.adapters.setup import _base_name
 from vlft.config import RunConfig
 from vlft.eval.evaluator import evaluate_vqa
 from vlft.models.base import ModelBundle
@@ -30,7 +30,7 @@ class VlftTrainer(Trainer):
         for name, param in self.model.named_parameters():
             if not param.requires_grad:
                 continue
-            in_projector = tower_of(_base_name(name), self.bundle.towers) == "projector"
+            in_projector = tower_of(base_param_name(name), self.bundle.towers) == "projector"
             lr = cfg.projector_lr if (in_projector and cfg.projector_lr is not None) else cfg.lr
             no_decay = param.ndim < 2 or "lora_magnitude_vector" in name
             groups.setdefault((lr, 0.0 if no_decay else cfg.weight_decay), []).append(param)

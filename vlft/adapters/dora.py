@@ -1,0 +1,147 @@
+"""A faster DoRA that computes peft's function, for Linear and Conv2d.
+
+peft's DoRA forward builds the dense out x in matrix B·A (through ``lora_B(lora_A(eye))``), adds
+it to W and takes row norms, then combines base and LoRA outputs with several elementwise passes
+whose autograd graph keeps two activation-sized tensors. Here:
+
+- the row norm never forms B·A:
+  ``||W + sBA||²_row = ||W||²_row + 2s·rowsum((W·Aᵀ) ⊙ B) + s²·rowsum((B·(A·Aᵀ)) ⊙ B)``,
+  with ``||W||²_row`` cached while W is unchanged (a Conv2d kernel is flattened to out x in·kh·kw);
+- the norm is computed without autograd (DoRA paper §4.3: treated as a constant in backward);
+- ``g ⊙ (Wx + s·BAx) + b`` with ``g = m / norm`` is one autograd Function that saves one tensor.
+
+Only the LoRA *variant* object on each DoRA layer is swapped (peft's strategy hook): parameter
+names, the adapter file format, merge and unmerge all stay peft's own.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.lora.layer import LoraLayer
+from peft.tuners.lora.variants import DoraConv2dVariant, DoraLinearVariant
+from peft.utils.integrations import gather_params_ctx
+from torch import nn
+
+
+class _DoraScale(torch.autograd.Function):
+    """out = g ⊙ (y - b + s·lora) + b along ``channel_dim``, g = magnitude * inv_norm.
+
+    y is the base layer's output (bias b included, or None). Saves one activation-sized tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, y, lora, magnitude, inv_norm, bias, scaling: float, channel_dim: int):
+        shape = [1] * y.dim()
+        shape[channel_dim] = -1
+        z = torch.add(y, lora, alpha=scaling)
+        if bias is not None:
+            z = z - bias.view(shape)
+        g = (magnitude * inv_norm).view(shape)
+        ctx.save_for_backward(z, g, inv_norm)
+        ctx.scaling, ctx.channel_dim = scaling, channel_dim
+        out = z * g
+        return out + bias.view(shape) if bias is not None else out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        z, g, inv_norm = ctx.saved_tensors
+        grad_z = grad_out * g
+        grad_lora = grad_z * ctx.scaling if ctx.needs_input_grad[1] else None
+        grad_magnitude = None
+        if ctx.needs_input_grad[2]:
+            dims = [d for d in range(z.dim()) if d != ctx.channel_dim]
+            grad_magnitude = (grad_out * z).sum(dim=dims).to(inv_norm.dtype) * inv_norm
+        return grad_z, grad_lora, grad_magnitude, None, None, None, None
+
+
+def _flat(weight: torch.Tensor) -> torch.Tensor:
+    return weight.reshape(weight.shape[0], -1)
+
+
+@torch.no_grad()
+def weight_row_norm(module: LoraLayer, adapter: str, base_weight: torch.Tensor) -> torch.Tensor:
+    """||W + s·B·A|| per output channel (fp32), without the out x in product B·A."""
+    A = _flat(module.lora_A[adapter].weight).float()  # (r, in·k)
+    B = _flat(module.lora_B[adapter].weight).float()  # (out, r)
+    W = _flat(base_weight).float()  # (out, in·k)
+    s = module.scaling[adapter]
+    squared = cached_squared_row_norm(module, base_weight, W)
+    cross = ((W @ A.T) * B).sum(dim=1)
+    lora_sq = ((B @ (A @ A.T)) * B).sum(dim=1)
+    # clamp: with a tiny update, rounding could push the sum a hair below zero
+    return (squared + 2 * s * cross + s * s * lora_sq).clamp_min(0).sqrt()
+
+
+def cached_squared_row_norm(module: nn.Module, base_weight: torch.Tensor, flat_fp32: torch.Tensor) -> torch.Tensor:
+    """||W||² per row, recomputed only when W changes (new storage, in-place edit, dtype or device)."""
+    key = (base_weight.data_ptr(), base_weight._version, base_weight.dtype, base_weight.device, base_weight.shape)
+    cache = getattr(module, "_vlft_weight_sq", None)
+    if cache is None or cache[0] != key:
+        cache = (key, flat_fp32.pow(2).sum(dim=1))
+        module._vlft_weight_sq = cache
+    return cache[1]
+
+
+def _dora_forward(module: LoraLayer, adapter: str, x: torch.Tensor, result: torch.Tensor, base_fn,
+                  channel_dim: int) -> torch.Tensor:
+    """peft's DoRA output given ``result = base_layer(x)``; ``base_fn(x, W)`` applies W without bias."""
+    base = module.get_base_layer()
+    lora_A, lora_B = module.lora_A[adapter], module.lora_B[adapter]
+    dropout, scaling = module.lora_dropout[adapter], module.scaling[adapter]
+    magnitude = module.lora_magnitude_vector[adapter].weight.reshape(-1)
+    channel_dim = channel_dim % result.dim()
+    with gather_params_ctx(base.weight, modifier_rank=None):  # ZeRO-3 may hold W partitioned here
+        inv_norm = weight_row_norm(module, adapter, base.weight).reciprocal().to(magnitude.dtype)
+        if isinstance(dropout, nn.Identity) or not module.training:
+            lora = lora_B(lora_A(x)).to(result.dtype)
+            return _DoraScale.apply(result, lora, magnitude, inv_norm, base.bias, scaling, channel_dim)
+        # peft applies W to the dropped-out input in this case: same function, so a second matmul
+        x = dropout(x)
+        y = base_fn(x, base.weight)
+    lora = lora_B(lora_A(x)).to(y.dtype)
+    scaled = _DoraScale.apply(y, lora, magnitude, inv_norm, None, scaling, channel_dim)
+    return result + (scaled - y).to(result.dtype)
+
+
+class VlftDoraLinearVariant(DoraLinearVariant):
+    """peft's DoRA for nn.Linear with vlft's forward; init, merge and unmerge are peft's."""
+
+    @staticmethod
+    def forward(module, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs) -> torch.Tensor:
+        if getattr(module, "fan_in_fan_out", False):
+            return DoraLinearVariant.forward(module, active_adapter, x, result, **kwargs)
+        return _dora_forward(module, active_adapter, x, result, lambda inp, w: F.linear(inp, w), channel_dim=-1)
+
+
+class VlftDoraConv2dVariant(DoraConv2dVariant):
+    """peft's DoRA for nn.Conv2d with vlft's forward (any stride, padding, dilation; groups=1)."""
+
+    @staticmethod
+    def forward(module, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs) -> torch.Tensor:
+        base = module.get_base_layer()
+        if base.groups != 1:
+            return DoraConv2dVariant.forward(module, active_adapter, x, result, **kwargs)
+
+        def conv(inp, w):
+            return F.conv2d(inp, w, None, base.stride, base.padding, base.dilation, base.groups)
+
+        return _dora_forward(module, active_adapter, x, result, conv, channel_dim=1)
+
+
+FAST_VARIANTS = {DoraLinearVariant: VlftDoraLinearVariant, DoraConv2dVariant: VlftDoraConv2dVariant}
+
+
+def use_vlft_dora(model: nn.Module) -> int:
+    """Swap peft's DoRA variants for vlft's on every layer of ``model``; returns how many were swapped."""
+    swapped = 0
+    for module in model.modules():
+        variants = getattr(module, "lora_variant", None)
+        if not isinstance(module, LoraLayer) or not variants:
+            continue
+        for adapter, variant in list(variants.items()):
+            fast = FAST_VARIANTS.get(type(variant))
+            if fast is not None:
+                variants[adapter] = fast()
+                swapped += 1
+    return swapped
