@@ -6,8 +6,10 @@
 
 Llama cases: a 4-layer Llama-style model (intermediate = 2.75 x hidden), adapters on every linear
 layer, batch 2 x 256 tokens, AdamW. Conv2d cases: a CLIP/ViT-B/16 patch embedding and a ResNet
-stage. Each (case, impl) runs in its own subprocess; `step_s` is the median over timed steps and
-`peak_mb` the peak resident memory during them (CPU), or peak allocated memory (CUDA, bf16).
+stage (two 3x3 convs, 128 channels, 56x56). `base` is the frozen model's forward and backward
+(gradients flow to the input, no optimizer). Each (case, impl) runs in its own subprocess;
+`step_s` is the median over timed steps and `peak_mb` the peak resident memory during them (CPU),
+or the peak allocated memory (CUDA, bf16).
 """
 
 from __future__ import annotations
@@ -48,10 +50,10 @@ def build(case: str, hidden: int, rank: int, impl: str, device, dtype):
     else:
         if case == "vit-patch-embed":
             model = nn.Sequential(nn.Conv2d(3, 768, kernel_size=16, stride=16))
-            shape = (8, 3, 224, 224)
+            shape = (32, 3, 224, 224)
         else:
             model = nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.ReLU(), nn.Conv2d(128, 128, 3, padding=1))
-            shape = (4, 128, 28, 28)
+            shape = (16, 128, 56, 56)
         targets = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
 
         def make_batch():

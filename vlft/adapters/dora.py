@@ -16,6 +16,8 @@ names, the adapter file format, merge and unmerge all stay peft's own.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from peft.tuners.lora.layer import LoraLayer
@@ -34,14 +36,13 @@ class _DoraScale(torch.autograd.Function):
     def forward(ctx, y, lora, magnitude, inv_norm, bias, scaling: float, channel_dim: int):
         shape = [1] * y.dim()
         shape[channel_dim] = -1
-        z = torch.add(y, lora, alpha=scaling)
+        z = torch.add(y, lora, alpha=scaling)  # a fresh tensor: the bias can come off in place
         if bias is not None:
-            z = z - bias.view(shape)
+            z.sub_(bias.view(shape))
         g = (magnitude * inv_norm).view(shape)
         ctx.save_for_backward(z, g, inv_norm)
         ctx.scaling, ctx.channel_dim = scaling, channel_dim
-        out = z * g
-        return out + bias.view(shape) if bias is not None else out
+        return torch.addcmul(bias.view(shape), z, g) if bias is not None else z * g
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -50,8 +51,12 @@ class _DoraScale(torch.autograd.Function):
         grad_lora = grad_z * ctx.scaling if ctx.needs_input_grad[1] else None
         grad_magnitude = None
         if ctx.needs_input_grad[2]:
-            dims = [d for d in range(z.dim()) if d != ctx.channel_dim]
-            grad_magnitude = (grad_out * z).sum(dim=dims).to(inv_norm.dtype) * inv_norm
+            if ctx.channel_dim == z.dim() - 1:  # Linear: a dot product per channel, no (N, out) temporary
+                channels = z.shape[-1]
+                summed = torch.linalg.vecdot(grad_out.reshape(-1, channels), z.reshape(-1, channels), dim=0)
+            else:  # Conv2d: channels are not innermost; reordering would copy more than the product does
+                summed = (grad_out * z).sum(dim=[d for d in range(z.dim()) if d != ctx.channel_dim])
+            grad_magnitude = summed.to(inv_norm.dtype) * inv_norm
         return grad_z, grad_lora, grad_magnitude, None, None, None, None
 
 
@@ -83,6 +88,17 @@ def cached_squared_row_norm(module: nn.Module, base_weight: torch.Tensor, flat_f
     return cache[1]
 
 
+@contextmanager
+def _gathered_if_partitioned(weight: torch.Tensor):
+    """ZeRO-3 normally holds W gathered while its module runs; gather it (read-only) only if it is not."""
+    status = getattr(weight, "ds_status", None)
+    if status is None or status.name != "NOT_AVAILABLE":
+        yield
+        return
+    with gather_params_ctx(weight, modifier_rank=None):
+        yield
+
+
 def _dora_forward(module: LoraLayer, adapter: str, x: torch.Tensor, result: torch.Tensor, base_fn,
                   channel_dim: int) -> torch.Tensor:
     """peft's DoRA output given ``result = base_layer(x)``; ``base_fn(x, W)`` applies W without bias."""
@@ -91,7 +107,7 @@ def _dora_forward(module: LoraLayer, adapter: str, x: torch.Tensor, result: torc
     dropout, scaling = module.lora_dropout[adapter], module.scaling[adapter]
     magnitude = module.lora_magnitude_vector[adapter].weight.reshape(-1)
     channel_dim = channel_dim % result.dim()
-    with gather_params_ctx(base.weight, modifier_rank=None):  # ZeRO-3 may hold W partitioned here
+    with _gathered_if_partitioned(base.weight):
         inv_norm = weight_row_norm(module, adapter, base.weight).reciprocal().to(magnitude.dtype)
         if isinstance(dropout, nn.Identity) or not module.training:
             lora = lora_B(lora_A(x)).to(result.dtype)

@@ -10,12 +10,14 @@ import json
 import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 from transformers import TrainingArguments, set_seed
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from vlft.adapters import apply_adapters, trainable_summary
 from vlft.config import RunConfig, config_to_dict
@@ -61,6 +63,22 @@ def training_texts(cfg: RunConfig) -> list[str]:
     return [turn["value"] for record in read_records(cfg.data.train) for turn in record["conversations"]]
 
 
+@contextmanager
+def zero3_init_paused():
+    """Construct models as plain modules: ZeRO-3's partitioned construction is for the model we train,
+    not for the tiny base checkpoint written to disk before it."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ref = hf_deepspeed._hf_deepspeed_config_weak_ref
+    config = ref() if ref is not None else None
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if config is not None:
+            hf_deepspeed.set_hf_deepspeed_config(config)
+
+
 def load_model(cfg: RunConfig, args: TrainingArguments) -> ModelBundle:
     """Load the checkpoint named in the config; `tiny` is first built and saved into the run directory."""
     family = get_family(cfg.model.family)
@@ -69,9 +87,21 @@ def load_model(cfg: RunConfig, args: TrainingArguments) -> ModelBundle:
         base = tiny_base_dir(cfg)
         with args.main_process_first(desc="build tiny base model", local=False):
             if not (base / "config.json").is_file():
-                family.build_tiny(cfg.model.tiny, training_texts(cfg), base)
+                with zero3_init_paused():
+                    family.build_tiny(cfg.model.tiny, training_texts(cfg), base)
         path = str(base)
+    if adapts_conv2d(cfg) and is_deepspeed_zero3_enabled():
+        # peft reads a Conv2d kernel's shape when wrapping it, and ZeRO-3's partitioned loading leaves it
+        # flat: load whole weights; deepspeed.initialize partitions them afterwards.
+        log("ZeRO-3: loading whole weights (adapters on the vision tower's Conv2d), partitioned at initialize")
+        with zero3_init_paused():
+            return family.load(cfg.model, path)
     return family.load(cfg.model, path)
+
+
+def adapts_conv2d(cfg: RunConfig) -> bool:
+    """Whether lora/dora reaches a vision tower, whose patch embedding is a Conv2d."""
+    return cfg.adapters.vision in ("lora", "dora") or bool(cfg.adapters.target_regex)
 
 
 def latest_complete_checkpoint(output_dir: str | Path) -> str | None:
@@ -125,6 +155,11 @@ def train(cfg: RunConfig) -> TrainResult:
     limit_cpu_threads()
     set_seed(cfg.training.seed)
     args = build_training_arguments(cfg)
+    _ = args.device  # sets up torch.distributed now: ZeRO-3's partitioned from_pretrained needs the world size
+    if cfg.training.deepspeed:
+        import deepspeed
+
+        deepspeed.init_distributed()  # ...and asks deepspeed.comm for it, which must know the process group
     bundle = load_model(cfg, args)
     model = apply_adapters(bundle.model, bundle.towers, cfg.adapters)
     table, params = trainable_summary(model, bundle.towers, cfg.adapters)
