@@ -30,34 +30,8 @@ def load_image(image_folder: str | Path, relative_path: str, where: str) -> Imag
         raise DataError(f"{where}: cannot read image {path}: {err}") from None
 
 
-class ConversationDataset(Dataset):
-    """Training examples: tokenized lazily so that images are read in DataLoader workers."""
-
-    def __init__(self, path: str | Path, bundle: ModelBundle, image_folder: str, max_length: int):
-        self.path = str(path)
-        self.records = read_records(path)
-        self.bundle = bundle
-        self.spec = token_spec(bundle)
-        self.image_folder = image_folder
-        self.max_length = max_length
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> dict:
-        record = self.records[index]
-        where = f"{self.path} record {index} (id {record.get('id', '?')})"
-        input_ids, labels = encode_conversation(record["conversations"], self.bundle.tokenizer, self.bundle.template,
-                                                self.spec, self.max_length, where)
-        item = {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels)}
-        if record.get("image"):
-            image = load_image(self.image_folder, record["image"], where)
-            item["pixel_values"] = self.bundle.image_processor(image, return_tensors="pt")["pixel_values"][0]
-        return item
-
-
-class PromptDataset(Dataset):
-    """Evaluation prompts: the conversation without its final answer, plus the references."""
+class _RecordDataset(Dataset):
+    """Records of one file, read and checked up front; images are read lazily (in DataLoader workers)."""
 
     def __init__(self, path: str | Path, bundle: ModelBundle, image_folder: str, max_samples: int | None = None):
         self.path = str(path)
@@ -69,15 +43,38 @@ class PromptDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict:
+    def where(self, index: int) -> str:
+        return f"{self.path} record {index} (id {self.records[index].get('id', '?')})"
+
+    def add_pixel_values(self, item: dict, index: int) -> dict:
         record = self.records[index]
-        where = f"{self.path} record {index} (id {record.get('id', '?')})"
-        ids = encode_prompt(question_turns(record), self.bundle.tokenizer, self.bundle.template, self.spec)
-        item = {"input_ids": torch.tensor(ids), "index": index, "references": references(record)}
         if record.get("image"):
-            image = load_image(self.image_folder, record["image"], where)
+            image = load_image(self.image_folder, record["image"], self.where(index))
             item["pixel_values"] = self.bundle.image_processor(image, return_tensors="pt")["pixel_values"][0]
         return item
+
+
+class ConversationDataset(_RecordDataset):
+    """Training examples: input_ids, labels (answers only) and pixel_values."""
+
+    def __init__(self, path: str | Path, bundle: ModelBundle, image_folder: str, max_length: int):
+        super().__init__(path, bundle, image_folder)
+        self.max_length = max_length
+
+    def __getitem__(self, index: int) -> dict:
+        input_ids, labels = encode_conversation(self.records[index]["conversations"], self.bundle.tokenizer,
+                                                self.bundle.template, self.spec, self.max_length, self.where(index))
+        return self.add_pixel_values({"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels)}, index)
+
+
+class PromptDataset(_RecordDataset):
+    """Evaluation prompts: the conversation without its final answer, plus the references."""
+
+    def __getitem__(self, index: int) -> dict:
+        record = self.records[index]
+        ids = encode_prompt(question_turns(record), self.bundle.tokenizer, self.bundle.template, self.spec)
+        item = {"input_ids": torch.tensor(ids), "index": index, "references": references(record)}
+        return self.add_pixel_values(item, index)
 
 
 def _pad(sequences: list[torch.Tensor], value: int, left: bool) -> torch.Tensor:
