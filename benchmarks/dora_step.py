@@ -8,8 +8,9 @@ Llama cases: a 4-layer Llama-style model (intermediate = 2.75 x hidden), adapter
 layer, batch 2 x 256 tokens, AdamW. Conv2d cases: a CLIP/ViT-B/16 patch embedding and a ResNet
 stage (two 3x3 convs, 128 channels, 56x56). `base` is the frozen model's forward and backward
 (gradients flow to the input, no optimizer). Each (case, impl) runs in its own subprocess;
-`step_s` is the median over timed steps and `peak_mb` the peak resident memory during them (CPU),
-or the peak allocated memory (CUDA, bf16).
+`step_s` is the median over timed steps, `peak_mb` the peak resident memory during them (CPU) or
+the peak allocated memory (CUDA, bf16), and `saved_mb` what autograd holds for backward after one
+forward (the activation memory, exactly; RSS also counts the allocator's heap growth).
 """
 
 from __future__ import annotations
@@ -90,6 +91,23 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
+def saved_for_backward_mb(model, loss_fn) -> float:
+    """Bytes autograd keeps for backward after one forward (unique storages): activation memory, exactly."""
+    import torch
+
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = loss_fn(model)
+    del loss
+    return sum(storages.values()) / 2**20
+
+
 def worker(case: str, hidden: int, rank: int, impl: str, steps: int, warmup: int) -> dict:
     import torch
 
@@ -118,9 +136,11 @@ def worker(case: str, hidden: int, rank: int, impl: str, steps: int, warmup: int
         if step >= warmup:
             times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()
+    saved = saved_for_backward_mb(model, loss_fn)
     device_name = torch.cuda.get_device_name() if cuda else f"cpu x{torch.get_num_threads()} threads"
     return {"case": case, "hidden": hidden, "rank": rank, "impl": impl, "step_s": round(statistics.median(times), 5),
-            "peak_mb": round(peak, 1), "device": device_name, "dtype": str(dtype).replace("torch.", "")}
+            "peak_mb": round(peak, 1), "saved_mb": round(saved, 1), "device": device_name,
+            "dtype": str(dtype).replace("torch.", "")}
 
 
 def run_isolated(case, hidden, rank, impl, steps, warmup, threads) -> dict:
@@ -144,15 +164,16 @@ def plan(args) -> list[tuple[str, int, int]]:
 
 def print_table(rows: list[dict]) -> None:
     print(f"device: {rows[0]['device']}, dtype {rows[0]['dtype']}")
-    header = ("case", "hidden", "rank", "impl", "step_s", "x lora", "peak_mb", "vs lora")
-    print("{:<16} {:>6} {:>4} {:<10} {:>9} {:>7} {:>9} {:>8}".format(*header))
+    header = ("case", "hidden", "rank", "impl", "step_s", "x lora", "peak_mb", "vs lora", "saved_mb", "vs lora")
+    print("{:<16} {:>6} {:>4} {:<10} {:>9} {:>7} {:>9} {:>8} {:>9} {:>8}".format(*header))
     lora = {(r["case"], r["hidden"], r["rank"]): r for r in rows if r["impl"] == "lora"}
     for r in rows:
         ref = lora.get((r["case"], r["hidden"], r["rank"]))
         ratio = f"{r['step_s'] / ref['step_s']:.2f}" if ref else ""
         mem = f"{100 * (r['peak_mb'] / ref['peak_mb'] - 1):+.1f}%" if ref else ""
+        saved = f"{100 * (r['saved_mb'] / ref['saved_mb'] - 1):+.1f}%" if ref and ref["saved_mb"] else ""
         print(f"{r['case']:<16} {r['hidden']:>6} {r['rank']:>4} {r['impl']:<10} {r['step_s']:>9.4f} {ratio:>7} "
-              f"{r['peak_mb']:>9.1f} {mem:>8}")
+              f"{r['peak_mb']:>9.1f} {mem:>8} {r['saved_mb']:>9.1f} {saved:>8}")
 
 
 def main() -> None:

@@ -131,3 +131,31 @@ def test_adapter_saved_from_vlft_dora_loads_in_stock_peft_with_identical_outputs
     x, image = torch.randn(6, 64), torch.randn(2, 3, 16, 16)
     for got, want in zip(stock(x, image), fast.eval()(x, image), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+class InPlaceAfter(nn.Module):
+    """A Linear whose output is modified in place right away (as an in-place activation would)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(16, 24)
+
+    def forward(self, x):
+        return self.lin(x).mul_(2.0).relu_()
+
+
+def test_gradients_survive_an_in_place_op_on_the_output_and_a_zero_magnitude():
+    torch.manual_seed(0)
+    reference = get_peft_model(InPlaceAfter(), LoraConfig(r=4, lora_alpha=8, use_dora=True, target_modules=["lin"]))
+    with torch.no_grad():
+        reference.base_model.model.lin.lora_B.default.weight.normal_()
+        reference.base_model.model.lin.lora_magnitude_vector.default.weight[:3] = 0.0  # g = 0 on three channels
+    fast = copy.deepcopy(reference)
+    use_vlft_dora(fast)
+    x = torch.randn(5, 16)
+    grads = []
+    for model in (reference, fast):
+        model(x).sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+    for name, want in grads[0].items():
+        torch.testing.assert_close(grads[1][name], want, rtol=1e-5, atol=1e-6)

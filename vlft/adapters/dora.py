@@ -29,35 +29,56 @@ from torch import nn
 class _DoraScale(torch.autograd.Function):
     """out = g ⊙ (y - b + s·lora) + b along ``channel_dim``, g = magnitude * inv_norm.
 
-    y is the base layer's output (bias b included, or None). Saves one activation-sized tensor.
+    y is the base layer's output (bias b included, or None). The magnitude gradient needs
+    z = y - b + s·lora. With ``recompute_z`` given, the Function saves its own output instead and
+    recovers z = (out - b) / g: the next op (an activation, attention, a norm) usually keeps that
+    tensor anyway, so no extra activation is held. If the output was modified in place meanwhile
+    (or some g is 0), ``recompute_z()`` rebuilds z from the layer input.
     """
 
     @staticmethod
-    def forward(ctx, y, lora, magnitude, inv_norm, bias, scaling: float, channel_dim: int):
+    def forward(ctx, y, lora, magnitude, inv_norm, bias, scaling: float, channel_dim: int, recompute_z):
         shape = [1] * y.dim()
         shape[channel_dim] = -1
         z = torch.add(y, lora, alpha=scaling)  # a fresh tensor: the bias can come off in place
         if bias is not None:
             z.sub_(bias.view(shape))
         g = (magnitude * inv_norm).view(shape)
-        ctx.save_for_backward(z, g, inv_norm)
-        ctx.scaling, ctx.channel_dim = scaling, channel_dim
-        return torch.addcmul(bias.view(shape), z, g) if bias is not None else z * g
+        out = torch.addcmul(bias.view(shape), z, g) if bias is not None else z * g
+        ctx.save_for_backward(out if recompute_z is not None else z)
+        ctx.g, ctx.inv_norm, ctx.bias, ctx.shape = g, inv_norm, bias, shape
+        ctx.scaling, ctx.channel_dim, ctx.recompute_z = scaling, channel_dim, recompute_z
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        z, g, inv_norm = ctx.saved_tensors
+        g, inv_norm = ctx.g, ctx.inv_norm
         grad_z = grad_out * g
         grad_lora = grad_z * ctx.scaling if ctx.needs_input_grad[1] else None
         grad_magnitude = None
         if ctx.needs_input_grad[2]:
+            z = _saved_z(ctx)
             if ctx.channel_dim == z.dim() - 1:  # Linear: a dot product per channel, no (N, out) temporary
                 channels = z.shape[-1]
                 summed = torch.linalg.vecdot(grad_out.reshape(-1, channels), z.reshape(-1, channels), dim=0)
             else:  # Conv2d: channels are not innermost; reordering would copy more than the product does
                 summed = (grad_out * z).sum(dim=[d for d in range(z.dim()) if d != ctx.channel_dim])
             grad_magnitude = summed.to(inv_norm.dtype) * inv_norm
-        return grad_z, grad_lora, grad_magnitude, None, None, None, None
+        ctx.recompute_z = None
+        return grad_z, grad_lora, grad_magnitude, None, None, None, None, None
+
+
+def _saved_z(ctx) -> torch.Tensor:
+    if ctx.recompute_z is None:
+        return ctx.saved_tensors[0]
+    try:
+        (out,) = ctx.saved_tensors
+    except RuntimeError:  # the output was modified in place after the forward
+        return ctx.recompute_z()
+    if (ctx.g == 0).any():
+        return ctx.recompute_z()
+    z = out - ctx.bias.view(ctx.shape) if ctx.bias is not None else out
+    return z / ctx.g
 
 
 def _flat(weight: torch.Tensor) -> torch.Tensor:
@@ -110,13 +131,20 @@ def _dora_forward(module: LoraLayer, adapter: str, x: torch.Tensor, result: torc
     with _gathered_if_partitioned(base.weight):
         inv_norm = weight_row_norm(module, adapter, base.weight).reciprocal().to(magnitude.dtype)
         if isinstance(dropout, nn.Identity) or not module.training:
-            lora = lora_B(lora_A(x)).to(result.dtype)
-            return _DoraScale.apply(result, lora, magnitude, inv_norm, base.bias, scaling, channel_dim)
+            dtype = result.dtype  # the closure below must not hold on to `result`
+            lora = lora_B(lora_A(x)).to(dtype)
+
+            @torch.no_grad()
+            def recompute_z():
+                with _gathered_if_partitioned(base.weight):
+                    return base_fn(x, base.weight) + scaling * lora_B(lora_A(x)).to(dtype)
+
+            return _DoraScale.apply(result, lora, magnitude, inv_norm, base.bias, scaling, channel_dim, recompute_z)
         # peft applies W to the dropped-out input in this case: same function, so a second matmul
         x = dropout(x)
         y = base_fn(x, base.weight)
     lora = lora_B(lora_A(x)).to(y.dtype)
-    scaled = _DoraScale.apply(y, lora, magnitude, inv_norm, None, scaling, channel_dim)
+    scaled = _DoraScale.apply(y, lora, magnitude, inv_norm, None, scaling, channel_dim, None)
     return result + (scaled - y).to(result.dtype)
 
 
