@@ -7,10 +7,13 @@
 Llama cases: a 4-layer Llama-style model (intermediate = 2.75 x hidden), adapters on every linear
 layer, batch 2 x 256 tokens, AdamW. Conv2d cases: a CLIP/ViT-B/16 patch embedding and a ResNet
 stage (two 3x3 convs, 128 channels, 56x56). `base` is the frozen model's forward and backward
-(gradients flow to the input, no optimizer). Each (case, impl) runs in its own subprocess;
-`step_s` is the median over timed steps, `peak_mb` the peak resident memory during them (CPU) or
-the peak allocated memory (CUDA, bf16), and `saved_mb` what autograd holds for backward after one
-forward (the activation memory, exactly; RSS also counts the allocator's heap growth).
+(gradients flow to the input, no optimizer).
+
+`step_s` is the median step time; the four implementations of a case are timed in one process with
+their steps interleaved, so that drift of the machine hits them alike. `peak_mb` is the peak
+resident memory (CPU) or peak allocated memory (CUDA, bf16) of each implementation alone in its own
+process, and `saved_mb` what autograd holds for backward after one forward: the activation memory
+exactly (resident memory also counts the allocator's heap growth).
 """
 
 from __future__ import annotations
@@ -108,7 +111,7 @@ def saved_for_backward_mb(model, loss_fn) -> float:
     return sum(storages.values()) / 2**20
 
 
-def worker(case: str, hidden: int, rank: int, impl: str, steps: int, warmup: int) -> dict:
+def _setup(case, hidden, rank, impl):
     import torch
 
     torch.manual_seed(0)
@@ -118,12 +121,8 @@ def worker(case: str, hidden: int, rank: int, impl: str, steps: int, warmup: int
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4) if params else None
-    times = []
-    for step in range(warmup + steps):
-        if step == warmup:
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
-            peak_rss_reset()
+
+    def step():
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -133,24 +132,59 @@ def worker(case: str, hidden: int, rank: int, impl: str, steps: int, warmup: int
             optimizer.zero_grad(set_to_none=True)
         if cuda:
             torch.cuda.synchronize()
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
+        return time.perf_counter() - start
+
+    return model, loss_fn, step, cuda, dtype
+
+
+def memory_worker(case: str, hidden: int, rank: int, impl: str, steps: int, warmup: int) -> dict:
+    """Peak memory of one implementation, alone in its process."""
+    import torch
+
+    model, loss_fn, step, cuda, dtype = _setup(case, hidden, rank, impl)
+    for i in range(warmup + steps):
+        if i == warmup:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            peak_rss_reset()
+        step()
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()
-    saved = saved_for_backward_mb(model, loss_fn)
     device_name = torch.cuda.get_device_name() if cuda else f"cpu x{torch.get_num_threads()} threads"
-    return {"case": case, "hidden": hidden, "rank": rank, "impl": impl, "step_s": round(statistics.median(times), 5),
-            "peak_mb": round(peak, 1), "saved_mb": round(saved, 1), "device": device_name,
+    return {"case": case, "hidden": hidden, "rank": rank, "impl": impl, "peak_mb": round(peak, 1),
+            "saved_mb": round(saved_for_backward_mb(model, loss_fn), 1), "device": device_name,
             "dtype": str(dtype).replace("torch.", "")}
 
 
-def run_isolated(case, hidden, rank, impl, steps, warmup, threads) -> dict:
-    cmd = [sys.executable, __file__, "--worker", case, str(hidden), str(rank), impl, "--steps", str(steps),
-           "--warmup", str(warmup)]
+def timing_worker(case: str, hidden: int, rank: int, steps: int, warmup: int) -> dict:
+    """Median step time of every implementation, their steps interleaved so that machine drift hits all alike."""
+    steppers = {impl: _setup(case, hidden, rank, impl)[2] for impl in IMPLS}
+    times = {impl: [] for impl in IMPLS}
+    for i in range(warmup + steps):
+        for impl, step in steppers.items():
+            elapsed = step()
+            if i >= warmup:
+                times[impl].append(elapsed)
+    return {impl: round(statistics.median(t), 5) for impl, t in times.items()}
+
+
+def run_worker(args: list[str], threads: int) -> dict:
+    cmd = [sys.executable, __file__, *args]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
-        raise RuntimeError(f"{case} h={hidden} r={rank} {impl} failed:\n{out.stderr[-2000:]}")
+        raise RuntimeError(f"{' '.join(args)} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure_case(case: str, hidden: int, rank: int, args) -> list[dict]:
+    common = ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    step_s = run_worker(["--time-worker", case, str(hidden), str(rank), *common], args.threads)
+    rows = []
+    for impl in IMPLS:
+        row = run_worker(["--memory-worker", case, str(hidden), str(rank), impl, "--steps", "2", "--warmup", "1"],
+                         args.threads)
+        rows.append({**row, "step_s": step_s[impl]})
+    return rows
 
 
 def plan(args) -> list[tuple[str, int, int]]:
@@ -184,25 +218,26 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per worker")
     parser.add_argument("--json", action="store_true", help="print rows as a JSON list")
-    parser.add_argument("--worker", nargs=4, metavar=("CASE", "HIDDEN", "RANK", "IMPL"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-worker", nargs=4, metavar=("CASE", "HIDDEN", "RANK", "IMPL"), help=argparse.SUPPRESS)
+    parser.add_argument("--time-worker", nargs=3, metavar=("CASE", "HIDDEN", "RANK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        case, hidden, rank, impl = args.worker
-        print(json.dumps(worker(case, int(hidden), int(rank), impl, args.steps, args.warmup)))
+    if args.memory_worker:
+        case, hidden, rank, impl = args.memory_worker
+        print(json.dumps(memory_worker(case, int(hidden), int(rank), impl, args.steps, args.warmup)))
+        return
+    if args.time_worker:
+        case, hidden, rank = args.time_worker
+        print(json.dumps(timing_worker(case, int(hidden), int(rank), args.steps, args.warmup)))
         return
     rows = []
     for case, hidden, rank in plan(args):
-        for impl in IMPLS:
-            if impl == "base" and rank != (args.rank or RANKS[0]):
-                continue  # the base model does not depend on the rank
-            rows.append(run_isolated(case, hidden, rank, impl, args.steps, args.warmup, args.threads))
-            if not args.json:
-                print(json.dumps(rows[-1]), file=sys.stderr)
+        rows += measure_case(case, hidden, rank, args)
+        if not args.json:
+            print(json.dumps(rows[-4:]), file=sys.stderr)
     if args.json:
         print(json.dumps(rows))
     else:
         print_table(rows)
-
 
 if __name__ == "__main__":
     main()
