@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from vlft.adapters.dora import use_vlft_dora
@@ -83,7 +83,3 @@ def trainable_summary(model: nn.Module, towers: dict[str, tuple[str, ...]], cfg:
     summary = {"trainable_params": total.trainable, "total_params": total.total,
                "trainable_percent": round(100.0 * total.trainable / max(total.total, 1), 4)}
     return format_parameter_table(counts, methods), summary
-
-
-def is_peft(model: nn.Module) -> bool:
-    return isinstance(model, PeftModel)
