@@ -30,10 +30,9 @@ class _DoraScale(torch.autograd.Function):
     """out = g ⊙ (y - b + s·lora) + b along ``channel_dim``, g = magnitude * inv_norm.
 
     y is the base layer's output (bias b included, or None). The magnitude gradient needs
-    z = y - b + s·lora. With ``recompute_z`` given, the Function saves its own output instead and
-    recovers z = (out - b) / g: the next op (an activation, attention, a norm) usually keeps that
-    tensor anyway, so no extra activation is held. If the output was modified in place meanwhile
-    (or some g is 0), ``recompute_z()`` rebuilds z from the layer input.
+    z = y - b + s·lora. With ``recompute_z`` given, the Function saves its own output instead: the
+    next op (an activation, attention, a norm) usually keeps that tensor anyway, so no extra
+    activation is held (see ``_magnitude_grad``).
     """
 
     @staticmethod
@@ -46,39 +45,103 @@ class _DoraScale(torch.autograd.Function):
         g = (magnitude * inv_norm).view(shape)
         out = torch.addcmul(bias.view(shape), z, g) if bias is not None else z * g
         ctx.save_for_backward(out if recompute_z is not None else z)
-        ctx.g, ctx.inv_norm, ctx.bias, ctx.shape = g, inv_norm, bias, shape
+        ctx.g, ctx.inv_norm, ctx.bias = g, inv_norm, bias
         ctx.scaling, ctx.channel_dim, ctx.recompute_z = scaling, channel_dim, recompute_z
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        g, inv_norm = ctx.g, ctx.inv_norm
-        grad_z = grad_out * g
+        recompute_z, ctx.recompute_z = ctx.recompute_z, None
+        grad_z = grad_out * ctx.g
         grad_lora = grad_z * ctx.scaling if ctx.needs_input_grad[1] else None
         grad_magnitude = None
         if ctx.needs_input_grad[2]:
-            z = _saved_z(ctx)
-            if ctx.channel_dim == z.dim() - 1:  # Linear: a dot product per channel, no (N, out) temporary
-                channels = z.shape[-1]
-                summed = torch.linalg.vecdot(grad_out.reshape(-1, channels), z.reshape(-1, channels), dim=0)
-            else:  # Conv2d: channels are not innermost; reordering would copy more than the product does
-                summed = (grad_out * z).sum(dim=[d for d in range(z.dim()) if d != ctx.channel_dim])
-            grad_magnitude = summed.to(inv_norm.dtype) * inv_norm
-        ctx.recompute_z = None
+            if recompute_z is None:
+                z, out = ctx.saved_tensors[0], None
+            else:
+                out = _saved_output(ctx, 0)
+                z = recompute_z()[1] if out is None or (ctx.g == 0).any() else None
+            grad_magnitude = _magnitude_grad(grad_out, ctx, ctx.channel_dim, z=z, out=out)
         return grad_z, grad_lora, grad_magnitude, None, None, None, None, None
 
 
-def _saved_z(ctx) -> torch.Tensor:
-    if ctx.recompute_z is None:
-        return ctx.saved_tensors[0]
+def _saved_output(ctx, index: int) -> torch.Tensor | None:
     try:
-        (out,) = ctx.saved_tensors
+        return ctx.saved_tensors[index]
     except RuntimeError:  # the output was modified in place after the forward
-        return ctx.recompute_z()
-    if (ctx.g == 0).any():
-        return ctx.recompute_z()
-    z = out - ctx.bias.view(ctx.shape) if ctx.bias is not None else out
-    return z / ctx.g
+        return None
+
+
+def _channel_sum(a: torch.Tensor, b: torch.Tensor, channel_dim: int) -> torch.Tensor:
+    """sum of a ⊙ b over every dim but ``channel_dim``, in fp32."""
+    if channel_dim == a.dim() - 1:  # Linear: a dot product per channel
+        channels = a.shape[-1]
+        return torch.linalg.vecdot(a.reshape(-1, channels), b.reshape(-1, channels), dim=0).float()
+    # Conv2d: channels are not innermost; reordering would copy more than the product does
+    return (a * b).sum(dim=[d for d in range(a.dim()) if d != channel_dim]).float()
+
+
+def _magnitude_grad(grad_out, ctx, channel_dim: int, z=None, out=None) -> torch.Tensor:
+    """d loss / d magnitude = inv_norm · Σ grad_out ⊙ z, z the pre-scaling output (bias excluded).
+
+    Given the output instead of z: Σ grad·z = (Σ grad·out − b·Σ grad) / g, so z is never formed.
+    """
+    channel_dim %= grad_out.dim()
+    if z is not None:
+        summed = _channel_sum(grad_out, z, channel_dim)
+    else:
+        summed = _channel_sum(grad_out, out, channel_dim)
+        if ctx.bias is not None:
+            other_dims = [d for d in range(grad_out.dim()) if d != channel_dim]
+            summed -= ctx.bias.reshape(-1).float() * grad_out.sum(dim=other_dims).float()
+        summed /= ctx.g.reshape(-1).float()
+    return summed.to(ctx.inv_norm.dtype) * ctx.inv_norm
+
+
+class _DoraLinear(torch.autograd.Function):
+    """The whole DoRA Linear given the base output y = Wx + b, for dropout 0 and one dtype throughout.
+
+    out = g ⊙ y + (s·g ⊙ B)(A x) + b ⊙ (1 − g): the scales go onto the small matrix B and the bias
+    term rides in the LoRA matmul, so one elementwise pass (addcmul) is left in the forward. In the
+    backward the scales are applied to (out, r) products, not to activation-sized tensors.
+    ``recompute()`` returns (A x, z) for when the saved output was modified in place or some g is 0.
+    """
+
+    @staticmethod
+    def forward(ctx, x, y, lora_A, lora_B, magnitude, inv_norm, bias, scaling: float, recompute):
+        g = magnitude * inv_norm
+        hidden = F.linear(x, lora_A)
+        out = F.linear(hidden, lora_B * (scaling * g).unsqueeze(1), None if bias is None else bias * (1 - g))
+        out.addcmul_(y, g)
+        ctx.save_for_backward(out, x, hidden)
+        ctx.lora_A, ctx.lora_B, ctx.g, ctx.inv_norm, ctx.bias = lora_A, lora_B, g, inv_norm, bias
+        ctx.scaling, ctx.recompute = scaling, recompute
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        recompute, ctx.recompute = ctx.recompute, None
+        g, needs = ctx.g, ctx.needs_input_grad
+        out = _saved_output(ctx, 0)
+        if out is None:
+            x, (hidden, z) = recompute.x, recompute()
+        else:
+            _, x, hidden = ctx.saved_tensors
+            z = recompute()[1] if needs[4] and (g == 0).any() else None
+        grad_y = grad_out * g if needs[1] else None
+        grad_hidden = grad_out @ (ctx.lora_B * (ctx.scaling * g).unsqueeze(1))
+        grad_x = grad_hidden @ ctx.lora_A if needs[0] else None
+        grad_A = _flat_t(grad_hidden) @ x.reshape(-1, x.shape[-1]) if needs[2] else None
+        grad_B = None
+        if needs[3]:
+            grad_B = (_flat_t(grad_out) @ hidden.reshape(-1, hidden.shape[-1])) * (ctx.scaling * g).unsqueeze(1)
+        grad_magnitude = _magnitude_grad(grad_out, ctx, -1, z=z, out=out) if needs[4] else None
+        return grad_x, grad_y, grad_A, grad_B, grad_magnitude, None, None, None, None
+
+
+def _flat_t(t: torch.Tensor) -> torch.Tensor:
+    """(..., c) -> (c, N)."""
+    return t.reshape(-1, t.shape[-1]).T
 
 
 def _flat(weight: torch.Tensor) -> torch.Tensor:
@@ -120,6 +183,30 @@ def _gathered_if_partitioned(weight: torch.Tensor):
         yield
 
 
+class _Recompute:
+    """Rebuilds (A x, z) from the layer input, for when the saved output cannot give z."""
+
+    def __init__(self, module: LoraLayer, adapter: str, x: torch.Tensor, base_fn, dtype: torch.dtype):
+        self.module, self.adapter, self.x, self.base_fn, self.dtype = module, adapter, x, base_fn, dtype
+
+    @torch.no_grad()
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        module, base = self.module, self.module.get_base_layer()
+        hidden = module.lora_A[self.adapter](self.x)
+        lora = module.lora_B[self.adapter](hidden).to(self.dtype)
+        with _gathered_if_partitioned(base.weight):
+            return hidden, self.base_fn(self.x, base.weight) + module.scaling[self.adapter] * lora
+
+
+def _fusable_linear(module: LoraLayer, adapter: str, x: torch.Tensor, result: torch.Tensor) -> bool:
+    """Whether ``_DoraLinear`` applies: plain bias-free LoRA matrices, one dtype, no autocast."""
+    lora_A, lora_B = module.lora_A[adapter], module.lora_B[adapter]
+    if type(lora_A) is not nn.Linear or type(lora_B) is not nn.Linear or lora_B.bias is not None:
+        return False
+    dtypes = {x.dtype, result.dtype, lora_A.weight.dtype, lora_B.weight.dtype}
+    return len(dtypes) == 1 and not torch.is_autocast_enabled(x.device.type)
+
+
 def _dora_forward(module: LoraLayer, adapter: str, x: torch.Tensor, result: torch.Tensor, base_fn,
                   channel_dim: int) -> torch.Tensor:
     """peft's DoRA output given ``result = base_layer(x)``; ``base_fn(x, W)`` applies W without bias."""
@@ -131,15 +218,12 @@ def _dora_forward(module: LoraLayer, adapter: str, x: torch.Tensor, result: torc
     with _gathered_if_partitioned(base.weight):
         inv_norm = weight_row_norm(module, adapter, base.weight).reciprocal().to(magnitude.dtype)
         if isinstance(dropout, nn.Identity) or not module.training:
-            dtype = result.dtype  # the closure below must not hold on to `result`
-            lora = lora_B(lora_A(x)).to(dtype)
-
-            @torch.no_grad()
-            def recompute_z():
-                with _gathered_if_partitioned(base.weight):
-                    return base_fn(x, base.weight) + scaling * lora_B(lora_A(x)).to(dtype)
-
-            return _DoraScale.apply(result, lora, magnitude, inv_norm, base.bias, scaling, channel_dim, recompute_z)
+            recompute = _Recompute(module, adapter, x, base_fn, result.dtype)
+            if channel_dim == result.dim() - 1 and _fusable_linear(module, adapter, x, result):
+                return _DoraLinear.apply(x, result, lora_A.weight, lora_B.weight, magnitude, inv_norm, base.bias,
+                                         scaling, recompute)
+            lora = lora_B(lora_A(x)).to(result.dtype)
+            return _DoraScale.apply(result, lora, magnitude, inv_norm, base.bias, scaling, channel_dim, recompute)
         # peft applies W to the dropped-out input in this case: same function, so a second matmul
         x = dropout(x)
         y = base_fn(x, base.weight)
@@ -148,12 +232,17 @@ def _dora_forward(module: LoraLayer, adapter: str, x: torch.Tensor, result: torc
     return result + (scaled - y).to(result.dtype)
 
 
+def _trainable_bias(base: nn.Module) -> bool:
+    # vlft's Functions treat the base bias as a constant, as vlft's configs always leave it
+    return getattr(base, "bias", None) is not None and base.bias.requires_grad
+
+
 class VlftDoraLinearVariant(DoraLinearVariant):
     """peft's DoRA for nn.Linear with vlft's forward; init, merge and unmerge are peft's."""
 
     @staticmethod
     def forward(module, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs) -> torch.Tensor:
-        if getattr(module, "fan_in_fan_out", False):
+        if getattr(module, "fan_in_fan_out", False) or _trainable_bias(module.get_base_layer()):
             return DoraLinearVariant.forward(module, active_adapter, x, result, **kwargs)
         return _dora_forward(module, active_adapter, x, result, lambda inp, w: F.linear(inp, w), channel_dim=-1)
 
@@ -164,7 +253,7 @@ class VlftDoraConv2dVariant(DoraConv2dVariant):
     @staticmethod
     def forward(module, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs) -> torch.Tensor:
         base = module.get_base_layer()
-        if base.groups != 1:
+        if base.groups != 1 or _trainable_bias(base):
             return DoraConv2dVariant.forward(module, active_adapter, x, result, **kwargs)
 
         def conv(inp, w):
