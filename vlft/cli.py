@@ -10,13 +10,19 @@ from vlft.config import ConfigError, explain, load_config
 from vlft.data.records import DataError
 from vlft.eval.score import ScoreError
 from vlft.models.base import ModelLoadError
+from vlft.train.checkpoints import UnsafeCheckpoint
+from vlft.train.errors import NonFiniteLoss
 
 # Errors about the user's files and settings: one line, exit status 2, no traceback.
-USER_ERRORS = (DataError, ModelLoadError, ScoreError, FileNotFoundError)
+USER_ERRORS = (DataError, ModelLoadError, ScoreError, FileNotFoundError, UnsafeCheckpoint)
 
 
 def _train(args) -> int:
     cfg = load_config(args.config, args.overrides)
+    if not args.dry_run:
+        from vlft.train.preflight import check_paths
+
+        check_paths(cfg, source=args.config)  # before anything heavy is imported or built
     if args.dry_run:
         from vlft.train.dry_run import dry_run
 
@@ -26,6 +32,22 @@ def _train(args) -> int:
 
     train(cfg)
     return 0
+
+
+def _validate(args) -> int:
+    from vlft.data.validate import validate_data
+    from vlft.train.preflight import check_paths
+
+    cfg = load_config(args.config, args.overrides)
+    check_paths(cfg, source=args.config)
+    bad = 0
+    for split, skips in validate_data(cfg).items():
+        for reason, entries in skips.records.items():
+            for message in entries.values():
+                print(f"{split}: {reason}: {message}")
+        print(f"{split}: {skips.summary('bad')}")
+        bad += skips.total()
+    return 1 if bad else 0
 
 
 def _eval(args) -> int:
@@ -60,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     train.set_defaults(func=_train)
 
+    validate = sub.add_parser("validate-data", help="check every record and image of a config's data; no training")
+    validate.add_argument("config", help="YAML config (see configs/)")
+    validate.add_argument("overrides", nargs="*", help="key=value overrides")
+    validate.set_defaults(func=_validate)
+
     ev = sub.add_parser("eval", help="evaluate a run directory (or a config) on its eval set")
     ev.add_argument("run", help="run directory written by `vlft train`, or a YAML config")
     ev.add_argument("overrides", nargs="*", help="key=value overrides, e.g. eval.max_samples=500")
@@ -91,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteLoss as err:
+        print(f"training stopped: {err}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -85,6 +85,9 @@ class DataConfig:
     max_length: int = _help("Maximum tokens per example, image tokens included.", 2048)
     num_workers: int = _help("DataLoader worker processes.", 0)
     system_prompt: str = _help("Text placed before the first user turn.", "")
+    on_error: Literal["raise", "skip"] = _help(
+        "A bad record (malformed, missing or corrupt image, too long): `raise` stops naming it; `skip` leaves "
+        "it out and counts it by reason in the log and metrics.json.", "raise")
 
 
 @dataclass

@@ -87,5 +87,5 @@ def test_malformed_records_name_file_record_and_field(tmp_path, record, message)
 def test_jsonl_syntax_error_names_the_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"id": 1, "conversations": [{"from": "human", "value": "x"}]}\n{broken\n')
-    with pytest.raises(DataError, match=r"bad.jsonl:2: not valid JSON"):
+    with pytest.raises(DataError, match=r"bad.jsonl line 2: not valid JSON"):
         read_records(path)

@@ -64,7 +64,7 @@ def truncate(input_ids: list[int], labels: list[int], spec: TokenSpec, max_lengt
     image_positions = [i for i, t in enumerate(input_ids) if t == spec.image_token_id]
     if image_positions and image_positions[-1] >= max_length:
         raise DataError(f"{where}: its {len(image_positions)} image tokens end at position {image_positions[-1] + 1}, "
-                        f"beyond data.max_length={max_length}; raise max_length")
+                        f"beyond data.max_length={max_length}; raise max_length", reason="too_long", where=where)
     return input_ids[:max_length], labels[:max_length]
 
 
@@ -72,3 +72,14 @@ def encode_prompt(turns: list[dict], tokenizer, template: ChatTemplate, spec: To
     """input_ids of the conversation so far, ending where the assistant should start answering."""
     ids, _ = encode_conversation(turns, tokenizer, template, spec, max_length=10**9)
     return ids
+
+
+def image_tokens_end(turns: list[dict], tokenizer, template: ChatTemplate, spec: TokenSpec) -> int:
+    """Position just after the last image token: the least max_length that keeps the image (0 without one)."""
+    for k, turn in enumerate(turns):
+        cut = turn["value"].rfind(IMAGE_PLACEHOLDER)
+        if cut >= 0:
+            head = [*turns[:k], {"from": turn["from"], "value": turn["value"][:cut + len(IMAGE_PLACEHOLDER)]}]
+            ids, _ = encode_conversation(head, tokenizer, template, spec, max_length=10**9)
+            return len(ids) - ids[::-1].index(spec.image_token_id)
+    return 0

@@ -8,8 +8,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from vlft.data.conversation import IGNORE_INDEX, TokenSpec, encode_conversation, encode_prompt
+from vlft.data.conversation import IGNORE_INDEX, TokenSpec, encode_conversation, encode_prompt, image_tokens_end
 from vlft.data.records import DataError, question_turns, read_records, references
+from vlft.data.skips import SkipLog
 from vlft.models.base import ModelBundle
 
 
@@ -25,26 +26,65 @@ def load_image(image_folder: str | Path, relative_path: str, where: str) -> Imag
         with Image.open(path) as image:
             return image.convert("RGB")
     except FileNotFoundError:
-        raise DataError(f"{where}: image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise DataError(f"{where}: cannot read image {path}: {err}") from None
+        raise DataError(f"{where}: image not found: {path}", reason="missing_image", where=where) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:  # truncated or not an image
+        raise DataError(f"{where}: cannot read image {path}: {err}", reason="corrupt_image", where=where) from None
 
 
 class _RecordDataset(Dataset):
-    """Records of one file, read and checked up front; images are read lazily (in DataLoader workers)."""
+    """Good records of one file. Schema, image files and lengths are checked up front; images are
+    decoded lazily (in DataLoader workers).
 
-    def __init__(self, path: str | Path, bundle: ModelBundle, image_folder: str, max_samples: int | None = None):
-        self.path = str(path)
-        self.records = read_records(path)[:max_samples] if max_samples else read_records(path)
-        self.bundle = bundle
+    ``on_error="raise"`` stops at the first bad record. With ``"skip"``, records found bad up front are
+    left out and counted in ``self.skips``; one found bad when read (a corrupt image) comes back as
+    ``{"skipped": (reason, where, message)}``, which the collator drops and reports in the batch.
+    """
+
+    def __init__(self, path: str | Path, bundle: ModelBundle, image_folder: str, max_samples: int | None = None,
+                 on_error: str = "raise"):
+        self.path, self.bundle, self.image_folder = str(path), bundle, image_folder
         self.spec = token_spec(bundle)
-        self.image_folder = image_folder
+        self.skips = SkipLog() if on_error == "skip" else None
+        entries = read_records(path, self.skips)
+        entries = [(pos, rec) for pos, rec in entries if self._passes_checks(pos, rec)]
+        entries = entries[:max_samples] if max_samples else entries
+        self.positions = [pos for pos, _ in entries]
+        self.records = [rec for _, rec in entries]
 
     def __len__(self) -> int:
         return len(self.records)
 
     def where(self, index: int) -> str:
-        return f"{self.path} record {index} (id {self.records[index].get('id', '?')})"
+        return self._where(self.positions[index], self.records[index])
+
+    def _where(self, position: int, record: dict) -> str:
+        label = "line" if self.path.endswith(".jsonl") else "record"
+        return f"{self.path} {label} {position} (id {record.get('id', '?')})"
+
+    def _passes_checks(self, position: int, record: dict) -> bool:
+        try:
+            self.check(record, self._where(position, record))
+        except DataError as err:
+            if self.skips is None:
+                raise
+            self.skips.add(err.reason, err.where or self._where(position, record), str(err))
+            return False
+        return True
+
+    def check(self, record: dict, where: str) -> None:
+        """Cheap checks of one record before training: its image file exists."""
+        if record.get("image"):
+            path = Path(self.image_folder) / record["image"]
+            if not path.is_file():
+                raise DataError(f"{where}: image not found: {path}", reason="missing_image", where=where)
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            return self.item(index)
+        except DataError as err:
+            if self.skips is None or err.reason is None:
+                raise
+            return {"skipped": (err.reason, err.where or self.where(index), str(err))}
 
     def add_pixel_values(self, item: dict, index: int) -> dict:
         record = self.records[index]
@@ -57,11 +97,20 @@ class _RecordDataset(Dataset):
 class ConversationDataset(_RecordDataset):
     """Training examples: input_ids, labels (answers only) and pixel_values."""
 
-    def __init__(self, path: str | Path, bundle: ModelBundle, image_folder: str, max_length: int):
-        super().__init__(path, bundle, image_folder)
+    def __init__(self, path: str | Path, bundle: ModelBundle, image_folder: str, max_length: int,
+                 on_error: str = "raise"):
         self.max_length = max_length
+        super().__init__(path, bundle, image_folder, on_error=on_error)
 
-    def __getitem__(self, index: int) -> dict:
+    def check(self, record: dict, where: str) -> None:
+        super().check(record, where)
+        end = image_tokens_end(record["conversations"], self.bundle.tokenizer, self.bundle.template, self.spec)
+        if end > self.max_length:
+            raise DataError(f"{where}: its image tokens end at position {end}, beyond data.max_length="
+                            f"{self.max_length}, before any of its text; raise max_length", reason="too_long",
+                            where=where)
+
+    def item(self, index: int) -> dict:
         input_ids, labels = encode_conversation(self.records[index]["conversations"], self.bundle.tokenizer,
                                                 self.bundle.template, self.spec, self.max_length, self.where(index))
         return self.add_pixel_values({"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels)}, index)
@@ -70,7 +119,7 @@ class ConversationDataset(_RecordDataset):
 class PromptDataset(_RecordDataset):
     """Evaluation prompts: the conversation without its final answer, plus the references."""
 
-    def __getitem__(self, index: int) -> dict:
+    def item(self, index: int) -> dict:
         record = self.records[index]
         ids = encode_prompt(question_turns(record), self.bundle.tokenizer, self.bundle.template, self.spec)
         item = {"input_ids": torch.tensor(ids), "index": index, "references": references(record)}
@@ -100,6 +149,10 @@ class VisionTextCollator:
         self.for_generation = for_generation
 
     def __call__(self, items: list[dict]) -> dict:
+        skipped = [it["skipped"] for it in items if "skipped" in it]
+        items = [it for it in items if "skipped" not in it]
+        if not items:
+            raise DataError(f"every example of a batch failed to load, e.g. {skipped[0][2]}", reason=None)
         left = self.for_generation
         input_ids = _pad([it["input_ids"] for it in items], self.pad_token_id, left)
         attention = _pad([torch.ones_like(it["input_ids"]) for it in items], 0, left)
@@ -112,4 +165,6 @@ class VisionTextCollator:
         if self.for_generation:
             batch["index"] = [it["index"] for it in items]
             batch["references"] = [it["references"] for it in items]
+        if skipped:
+            batch["skipped"] = skipped
         return batch

@@ -10,39 +10,66 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vlft.data.skips import SkipLog
+
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 IMAGE_PLACEHOLDER = "<image>"
 
 
 class DataError(ValueError):
-    """A data file or record is malformed; the message names the file, record and field."""
+    """A data file or record is bad; the message names the file, record and field.
+
+    ``reason`` is one of vlft.data.skips.REASONS for a bad record (what ``on_error: skip`` counts),
+    or None for a problem with a whole file, which is never skipped.
+    """
+
+    def __init__(self, message: str, reason: str | None = "malformed_record", where: str | None = None):
+        super().__init__(message)
+        self.reason, self.where = reason, where
 
 
-def read_records(path: str | Path) -> list[dict]:
-    """Read a JSON list or JSONL file of records, checking every record's fields."""
+def read_records(path: str | Path, skips: SkipLog | None = None) -> list[tuple[int, dict]]:
+    """(position in file, record) for every good record of a JSON list or JSONL file.
+
+    A bad record raises DataError, or is counted in ``skips`` and left out when one is given.
+    """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"data file not found: {path}")
+        raise DataError(f"data file not found: {path}", reason=None)
     text = path.read_text()
     if path.suffix == ".jsonl":
-        records = []
+        raw = []
         for line_no, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{line_no}: not valid JSON: {err.msg}") from None
+            if line.strip():
+                raw.append((line_no, f"{path} line {line_no}", line))
     else:
         try:
             records = json.loads(text)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}: not valid JSON at line {err.lineno}: {err.msg}") from None
+            raise DataError(f"{path}: not valid JSON at line {err.lineno}: {err.msg}", reason=None) from None
         if not isinstance(records, list):
-            raise DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
-    for index, record in enumerate(records):
-        validate_record(record, f"{path} record {index}")
-    return records
+            raise DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}", reason=None)
+        raw = [(i, f"{path} record {i}", record) for i, record in enumerate(records)]
+    good = []
+    for position, where, record in raw:
+        try:
+            if isinstance(record, str):
+                record = _parse_line(record, where)
+            validate_record(record, where)
+        except DataError as err:
+            if skips is None:
+                raise
+            skips.add(err.reason, err.where or where, str(err))
+            continue
+        good.append((position, record))
+    return good
+
+
+def _parse_line(line: str, where: str) -> dict:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: not valid JSON: {err.msg}", where=where) from None
 
 
 def validate_record(record: dict, where: str) -> None:
@@ -62,7 +89,7 @@ def validate_record(record: dict, where: str) -> None:
     placeholders = sum(t["value"].count(IMAGE_PLACEHOLDER) for t in turns)
     if placeholders != (1 if image else 0):
         raise DataError(f"{where}: {placeholders} '{IMAGE_PLACEHOLDER}' placeholder(s) for "
-                        f"{1 if image else 0} image(s)")
+                        f"{1 if image else 0} image(s)", reason="image_count_mismatch", where=where)
     answers = record.get("answers")
     if answers is not None and (not isinstance(answers, list) or not all(isinstance(a, str) for a in answers)):
         raise DataError(f"{where}: field 'answers' must be a list of strings")

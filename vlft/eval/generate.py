@@ -18,11 +18,12 @@ def _world() -> tuple[int, int]:
 
 @torch.no_grad()
 def generate_answers(model, dataset: PromptDataset, batch_size: int, max_new_tokens: int,
-                     synced_gpus: bool = False, device: torch.device | str = "cpu") -> list[str]:
+                     synced_gpus: bool = False, device: torch.device | str = "cpu") -> list[str | None]:
     """Greedy answers for every prompt of ``dataset``, in dataset order, on every rank.
 
     Each rank generates a strided shard; with ZeRO-3 (``synced_gpus``) ranks keep stepping
-    together until all are done, so shards are padded to the same number of batches.
+    together until all are done, so shards are padded to the same number of batches. A prompt whose
+    image fails to load under ``on_error: skip`` gets None and lands in ``dataset.skips``.
     """
     rank, world = _world()
     tokenizer = dataset.bundle.tokenizer
@@ -38,7 +39,9 @@ def generate_answers(model, dataset: PromptDataset, batch_size: int, max_new_tok
         batch = next(iterator, None)
         if batch is None:  # this rank ran out first: keep ZeRO-3's collective forwards in step
             batch = next(iter(loader))
-            batch["index"] = []
+            batch["index"], batch["skipped"] = [], []
+        if dataset.skips is not None:
+            dataset.skips.extend(batch.pop("skipped", []))
         inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
@@ -54,4 +57,6 @@ def generate_answers(model, dataset: PromptDataset, batch_size: int, max_new_tok
         gathered: list[dict] = [None] * world
         dist.all_gather_object(gathered, answers)
         answers = {k: v for part in gathered for k, v in part.items()}
-    return [answers[i] for i in range(len(dataset))]
+    if dataset.skips is not None:
+        dataset.skips = dataset.skips.gathered()
+    return [answers.get(i) for i in range(len(dataset))]

@@ -49,14 +49,18 @@ def num_image_tokens(config: LlavaConfig) -> int:
     return patches + (1 if config.vision_feature_select_strategy == "full" else 0)
 
 
-def load(model_cfg: ModelConfig, path: str) -> ModelBundle:
-    """Load model, tokenizer and image processor from a hub name or a local checkpoint directory."""
+def load(model_cfg: ModelConfig, path: str, with_model: bool = True) -> ModelBundle:
+    """Load model, tokenizer and image processor from a hub name or a local checkpoint directory.
+
+    ``with_model=False`` reads the config instead of the weights (model is None): enough to check data.
+    """
     dtype = getattr(torch, model_cfg.dtype)
     kwargs = {"dtype": dtype}
     if model_cfg.attn_implementation:
         kwargs["attn_implementation"] = model_cfg.attn_implementation
     try:
-        model = LlavaForConditionalGeneration.from_pretrained(path, **kwargs)
+        model = LlavaForConditionalGeneration.from_pretrained(path, **kwargs) if with_model else None
+        config = model.config if with_model else AutoConfig.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
         image_processor = AutoImageProcessor.from_pretrained(path)
     except OSError as err:
@@ -68,7 +72,7 @@ def load(model_cfg: ModelConfig, path: str) -> ModelBundle:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     return ModelBundle(
         model=model, tokenizer=tokenizer, image_processor=image_processor, template=LLAVA_V1,
-        num_image_tokens=num_image_tokens(model.config), image_token_id=model.config.image_token_index,
+        num_image_tokens=num_image_tokens(config), image_token_id=config.image_token_index,
         towers=TOWERS, base_path=str(path))
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,10 +22,11 @@ from vlft.adapters import apply_adapters, trainable_summary
 from vlft.config import RunConfig, config_to_dict
 from vlft.data.dataset import ConversationDataset, VisionTextCollator
 from vlft.data.records import read_records
+from vlft.data.skips import SkipLog
 from vlft.models import ModelBundle, get_family
+from vlft.train.checkpoints import check_checkpoint_is_safe, discard_partial_checkpoint, latest_complete_checkpoint
+from vlft.train.preflight import TINY, check_paths
 from vlft.train.trainer import VlftTrainer
-
-TINY = "tiny"
 
 
 def is_main_process() -> bool:
@@ -60,7 +60,8 @@ def tiny_base_dir(cfg: RunConfig) -> Path:
 
 
 def training_texts(cfg: RunConfig) -> list[str]:
-    return [turn["value"] for record in read_records(cfg.data.train) for turn in record["conversations"]]
+    skips = SkipLog() if cfg.data.on_error == "skip" else None
+    return [turn["value"] for _, record in read_records(cfg.data.train, skips) for turn in record["conversations"]]
 
 
 @contextmanager
@@ -79,17 +80,20 @@ def zero3_init_paused():
             hf_deepspeed.set_hf_deepspeed_config(config)
 
 
-def load_model(cfg: RunConfig, args: TrainingArguments) -> ModelBundle:
-    """Load the checkpoint named in the config; `tiny` is first built and saved into the run directory."""
+def model_path(cfg: RunConfig, args: TrainingArguments) -> str:
+    """The checkpoint named in the config; `tiny` is first built and saved into the run directory."""
+    if cfg.model.name_or_path != TINY:
+        return cfg.model.name_or_path
+    base = tiny_base_dir(cfg)
+    with args.main_process_first(desc="build tiny base model", local=False):
+        if not (base / "config.json").is_file():
+            with zero3_init_paused():
+                get_family(cfg.model.family).build_tiny(cfg.model.tiny, training_texts(cfg), base)
+    return str(base)
+
+
+def load_model(cfg: RunConfig, path: str) -> ModelBundle:
     family = get_family(cfg.model.family)
-    path = cfg.model.name_or_path
-    if path == TINY:
-        base = tiny_base_dir(cfg)
-        with args.main_process_first(desc="build tiny base model", local=False):
-            if not (base / "config.json").is_file():
-                with zero3_init_paused():
-                    family.build_tiny(cfg.model.tiny, training_texts(cfg), base)
-        path = str(base)
     if adapts_conv2d(cfg) and is_deepspeed_zero3_enabled():
         # peft reads a Conv2d kernel's shape when wrapping it, and ZeRO-3's partitioned loading leaves it
         # flat: load whole weights; deepspeed.initialize partitions them afterwards.
@@ -99,18 +103,19 @@ def load_model(cfg: RunConfig, args: TrainingArguments) -> ModelBundle:
     return family.load(cfg.model, path)
 
 
+def training_data(cfg: RunConfig, path: str) -> ConversationDataset:
+    """Read and check the training records with the model's tokenizer, before its weights are loaded."""
+    data_bundle = get_family(cfg.model.family).load(cfg.model, path, with_model=False)
+    train_set = ConversationDataset(cfg.data.train, data_bundle, cfg.data.image_folder, cfg.data.max_length,
+                                    on_error=cfg.data.on_error)
+    if train_set.skips is not None:
+        log(f"{cfg.data.train}: {len(train_set)} records kept; at load, {train_set.skips.summary()}")
+    return train_set
+
+
 def adapts_conv2d(cfg: RunConfig) -> bool:
     """Whether lora/dora reaches a vision tower, whose patch embedding is a Conv2d."""
     return cfg.adapters.vision in ("lora", "dora") or bool(cfg.adapters.target_regex)
-
-
-def latest_complete_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest checkpoint-N whose trainer_state.json exists (the Trainer writes it last), so that a
-    run killed while saving resumes from the checkpoint before, not from a half-written one."""
-    out = Path(output_dir)
-    steps = [int(m.group(1)) for p in out.glob("checkpoint-*") if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
-             and (p / "trainer_state.json").is_file()] if out.is_dir() else []
-    return str(out / f"checkpoint-{max(steps)}") if steps else None
 
 
 def resolve_resume(cfg: RunConfig) -> str | None:
@@ -119,8 +124,6 @@ def resolve_resume(cfg: RunConfig) -> str | None:
         return None
     if resume == "auto":
         return latest_complete_checkpoint(cfg.training.output_dir)
-    if not Path(resume).is_dir():
-        raise FileNotFoundError(f"training.resume: checkpoint directory not found: {resume}")
     return resume
 
 
@@ -152,6 +155,7 @@ def limit_cpu_threads() -> None:
 def train(cfg: RunConfig) -> TrainResult:
     """Run training (and evaluation) as configured; metrics also go to output_dir/metrics.json."""
     start = time.time()
+    check_paths(cfg)
     limit_cpu_threads()
     set_seed(cfg.training.seed)
     args = build_training_arguments(cfg)
@@ -160,20 +164,28 @@ def train(cfg: RunConfig) -> TrainResult:
         import deepspeed
 
         deepspeed.init_distributed()  # ...and asks deepspeed.comm for it, which must know the process group
-    bundle = load_model(cfg, args)
+    path = model_path(cfg, args)
+    train_set = training_data(cfg, path)
+    bundle = load_model(cfg, path)
     model = apply_adapters(bundle.model, bundle.towers, cfg.adapters)
     table, params = trainable_summary(model, bundle.towers, cfg.adapters)
     log(f"trainable parameters ({cfg.model.name_or_path}):\n{table}")
-    train_set = ConversationDataset(cfg.data.train, bundle, cfg.data.image_folder, cfg.data.max_length)
     trainer = VlftTrainer(model=model, args=args, train_dataset=train_set, bundle=bundle, run_config=cfg,
-                          data_collator=VisionTextCollator(bundle.tokenizer.pad_token_id))
+                          skips=train_set.skips, data_collator=VisionTextCollator(bundle.tokenizer.pad_token_id))
+    if is_main_process() and (partial := discard_partial_checkpoint(cfg.training.output_dir)):
+        log(f"removed a checkpoint left half-written by a killed run: {partial}")
     resume = resolve_resume(cfg)
     if resume:
+        check_checkpoint_is_safe(resume)
         log(f"resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
     metrics = {**params, "world_size": args.world_size, "train_loss": result.training_loss,
                "global_step": result.global_step, "train_runtime_s": round(result.metrics["train_runtime"], 2),
                "resumed_from": resume}
+    if train_set.skips is not None:
+        skips = trainer.gathered_skips()
+        metrics["skipped_records"] = skips.counts()
+        log(f"training data: {skips.summary()}")
     if cfg.eval.at_end and cfg.data.eval:
         metrics["eval"] = trainer.evaluate()
     metrics["wall_time_s"] = round(time.time() - start, 2)

@@ -1,25 +1,99 @@
-"""The transformers Trainer, taught two things: a projector learning rate and VQA evaluation."""
+"""The transformers Trainer, taught a projector learning rate, VQA evaluation, skipped-record counts,
+a stop on a non-finite loss, and checkpoints that appear whole or not at all."""
 
 from __future__ import annotations
 
+import math
+import os
+import shutil
 from pathlib import Path
 
 import torch
-from transformers import Trainer
+import torch.distributed as dist
+from transformers import Trainer, TrainerCallback
 from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.trainer_utils import rotate_checkpoints
 
 from vlft.adapters.setup import base_param_name
 from vlft.adapters.towers import tower_of
 from vlft.config import RunConfig
+from vlft.data.skips import SkipLog
 from vlft.eval.evaluator import evaluate_vqa
 from vlft.models.base import ModelBundle
+from vlft.train.checkpoints import STAGING, latest_complete_checkpoint
+from vlft.train.errors import NonFiniteLoss
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class _ReportSkips(TrainerCallback):
+    def __init__(self, trainer: VlftTrainer):
+        self.trainer = trainer
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        log = self.trainer.gathered_skips()
+        if self.trainer.is_world_process_zero() and self.trainer.skips is not None:
+            print(f"epoch {state.epoch:.2f}: {log.summary()}", flush=True)
 
 
 class VlftTrainer(Trainer):
-    def __init__(self, *args, bundle: ModelBundle, run_config: RunConfig, **kwargs):
+    def __init__(self, *args, bundle: ModelBundle, run_config: RunConfig, skips: SkipLog | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.bundle = bundle
         self.run_config = run_config
+        self.skips = skips  # None unless data.on_error is skip
+        self.add_callback(_ReportSkips(self))
+
+    def gathered_skips(self) -> SkipLog:
+        """Skipped training records over all ranks (collective: every rank must call it)."""
+        return (self.skips or SkipLog()).gathered()
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        skipped = inputs.pop("skipped", None)
+        if skipped:
+            self.skips.extend(skipped)
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+    def training_step(self, model, inputs, *args, **kwargs):
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        bad = torch.tensor(0.0 if torch.isfinite(loss).all() else 1.0)
+        if _distributed():  # every rank stops at the same step
+            bad = bad.to(self.args.device)
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bad.item():
+            value = loss.detach().float().sum().item()
+            found = f"{value}" if not math.isfinite(value) else "not finite on another rank"
+            last = latest_complete_checkpoint(self.args.output_dir)
+            raise NonFiniteLoss(
+                f"the loss is {found} at step {self.state.global_step + 1}; training stopped before that step's "
+                f"update. Last good checkpoint: {last or 'none yet'}. Lower training.lr or check the data; "
+                f"training.resume=auto continues from the last good checkpoint")
+        return loss
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write checkpoint-N under a staging directory, then rename it into place: a kill during the
+        save leaves no checkpoint-N at all, never a half-written one."""
+        run_dir = Path(self._get_output_dir(trial=trial))
+        staging = run_dir / STAGING
+        get_output_dir = self._get_output_dir
+        self._get_output_dir = lambda trial=None: str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._get_output_dir = get_output_dir
+        name = f"checkpoint-{self.state.global_step}"
+        self.accelerator.wait_for_everyone()  # every rank has written its shard
+        if self.args.should_save:
+            final = run_dir / name
+            if final.exists():  # the same step saved again after a resume
+                shutil.rmtree(final)
+            os.replace(staging / name, final)
+            shutil.rmtree(staging, ignore_errors=True)
+            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+        self.accelerator.wait_for_everyone()
 
     def create_optimizer(self, model=None):
         """AdamW with the projector in its own group when training.projector_lr is set (LLaVA's mm_projector_lr)."""

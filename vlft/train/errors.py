@@ -1,0 +1,5 @@
+"""Errors a training run stops with (kept free of heavy imports: the CLI imports them first)."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf; the run stopped before that step changed any weight."""

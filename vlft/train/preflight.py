@@ -1,0 +1,43 @@
+"""Checks of the files a config names, run before any model is built: a wrong path fails in a second."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vlft.config import ConfigError, RunConfig
+
+TINY = "tiny"
+
+
+def _looks_like_path(name: str) -> bool:
+    """A hub name is `model` or `org/model`; anything else (absolute, ./, ../, ~, deeper) is a local path."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def check_paths(cfg: RunConfig, source: str = "config") -> None:
+    """Raise ConfigError naming the key and the path for the first missing or unreadable file."""
+    data = cfg.data
+    for key, path in (("data.train", data.train), ("data.eval", data.eval)):
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{source}: {key}: file not found: {path}")
+    if not Path(data.image_folder).is_dir():
+        raise ConfigError(f"{source}: data.image_folder: directory not found: {data.image_folder}")
+    name = cfg.model.name_or_path
+    if name != TINY:
+        local = Path(name).expanduser()
+        if local.exists() and not (local / "config.json").is_file():
+            raise ConfigError(f"{source}: model.name_or_path: {name} has no config.json (not a saved model)")
+        if not local.exists() and _looks_like_path(name):
+            raise ConfigError(f"{source}: model.name_or_path: directory not found: {name}")
+    if cfg.training.deepspeed:
+        path = Path(cfg.training.deepspeed)
+        if not path.is_file():
+            raise ConfigError(f"{source}: training.deepspeed: file not found: {path}")
+        try:
+            json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{source}: training.deepspeed: {path} is not valid JSON: {err}") from None
+    resume = cfg.training.resume
+    if resume not in (None, "", "none", "auto") and not Path(resume).is_dir():
+        raise ConfigError(f"{source}: training.resume: checkpoint directory not found: {resume}")
