@@ -59,9 +59,19 @@ def _eval(args) -> int:
 
 
 def _score(args) -> int:
-    from vlft.eval.score import score_vqav2
+    if args.benchmark == "vqav2":
+        from vlft.eval.score import score_vqav2
 
-    print(json.dumps(score_vqav2(args.questions, args.annotations, args.results)))
+        report = score_vqav2(args.questions, args.annotations, args.results)
+    elif args.benchmark == "gqa":
+        from vlft.eval.gqa import score_gqa
+
+        report = score_gqa(args.questions, args.results)
+    else:
+        from vlft.eval.caption import score_coco_caption
+
+        report = score_coco_caption(args.annotations, args.results)
+    print(json.dumps(report))
     return 0
 
 
@@ -101,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     vqa.add_argument("--annotations", required=True, help="v2_mscoco_*_annotations.json")
     vqa.add_argument("--results", required=True, help="JSON list of {question_id, answer}")
     vqa.set_defaults(func=_score)
+    gqa = score_sub.add_parser("gqa", help="GQA accuracy (official, over balanced questions)")
+    gqa.add_argument("--questions", required=True, help="e.g. testdev_balanced_questions.json")
+    gqa.add_argument("--results", required=True, help="JSON list of {questionId, prediction}")
+    gqa.set_defaults(func=_score)
+    caption = score_sub.add_parser("coco-caption", help="BLEU-1..4, METEOR, ROUGE-L, CIDEr as pycocoevalcap computes")
+    caption.add_argument("--annotations", required=True, help="COCO captions: {images, annotations: [{image_id, "
+                                                              "id, caption}]}")
+    caption.add_argument("--results", required=True, help="JSON list of {image_id, caption}")
+    caption.set_defaults(func=_score)
 
     config = sub.add_parser("config", help="describe config keys")
     config_sub = config.add_subparsers(dest="action", required=True)

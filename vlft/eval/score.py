@@ -12,7 +12,7 @@ class ScoreError(ValueError):
     """Input files do not match the official formats; the message names the file and field."""
 
 
-def _read_json(path: str | Path, what: str):
+def read_json(path: str | Path, what: str):
     path = Path(path)
     if not path.is_file():
         raise ScoreError(f"{what} file not found: {path}")
@@ -24,9 +24,9 @@ def _read_json(path: str | Path, what: str):
 
 def score_vqav2(questions_path: str, annotations_path: str, results_path: str) -> dict:
     """The official VQAv2 report for results covering exactly the annotated questions."""
-    questions = _read_json(questions_path, "questions")
-    annotations = _read_json(annotations_path, "annotations")
-    results = _read_json(results_path, "results")
+    questions = read_json(questions_path, "questions")
+    annotations = read_json(annotations_path, "annotations")
+    results = read_json(results_path, "results")
     if not isinstance(annotations, dict) or "annotations" not in annotations:
         raise ScoreError(f"{annotations_path}: expected an object with an 'annotations' list")
     if not isinstance(questions, dict) or "questions" not in questions:
