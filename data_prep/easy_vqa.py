@@ -1,10 +1,12 @@
-"""Convert easy-VQA (the `easy-vqa` package) to LLaVA conversation records.
+"""Convert easy-VQA (the `easy-vqa` package) to LLaVA conversation records and shape labels.
 
     python data_prep/easy_vqa.py --out data/easy_vqa
 
 Writes train.json, test.json and images/{train,test}/<id>.png under --out. Training questions
 about the same image become one multi-turn conversation (as LLaVA-665k does for VQAv2),
 unless --no-group; test records hold one question each, with `question_id` and `answers`.
+Also writes shape_train.json / shape_test.json, image classification records
+`{"id", "image", "label"}` whose label is the image's shape, read off its questions and answers.
 """
 
 from __future__ import annotations
@@ -49,6 +51,44 @@ def single_records(questions, answers, image_ids, split: str) -> list[dict]:
             for i, (q, a, image_id) in enumerate(zip(questions, answers, image_ids, strict=True))]
 
 
+SHAPES = ("circle", "rectangle", "triangle")
+COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
+
+
+def _mentioned(question: str, words: tuple[str, ...]) -> str | None:
+    return next((w for w in words if f" {w}" in f" {question.rstrip('?')} "), None)
+
+
+def image_facts(questions, answers, image_ids) -> dict[int, dict[str, str]]:
+    """{image_id: {"shape", "color"}} from what the questions and answers establish about each image."""
+    facts: dict[int, dict[str, str]] = defaultdict(dict)
+    for question, answer, image_id in zip(questions, answers, image_ids, strict=True):
+        shape, color = _mentioned(question, SHAPES), _mentioned(question, COLORS)
+        if answer in SHAPES:
+            facts[image_id]["shape"] = answer
+            if color:
+                facts[image_id]["color"] = color
+        elif answer in COLORS:
+            facts[image_id]["color"] = answer
+            if shape:
+                facts[image_id]["shape"] = shape
+        else:  # yes/no about a shape or a colour being present, maybe negated
+            negated = " not " in f" {question} " or question.startswith("is no ")
+            if (answer == "yes") != negated:
+                if shape:
+                    facts[image_id]["shape"] = shape
+                if color:
+                    facts[image_id]["color"] = color
+    return facts
+
+
+def shape_records(facts: dict[int, dict[str, str]], image_ids, split: str) -> tuple[list[dict], int]:
+    """Classification records for images whose shape is known, and how many images had none."""
+    records = [{"id": f"easyvqa-{split}-img{i}", "image": f"{split}/{i}.png", "label": facts[i]["shape"]}
+               for i in sorted(facts) if "shape" in facts[i]]
+    return records, len(set(image_ids)) - len(records)
+
+
 def copy_images(paths: dict[int, str], dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for image_id, src in paths.items():
@@ -83,7 +123,10 @@ def prepare(out: Path, group: bool = True, seed: int = 0) -> dict:
         else:
             records = single_records(questions, answers, image_ids, split)
         (out / f"{split}.json").write_text(json.dumps(records))
-        summary[split] = {"questions": len(questions), "images": len(set(image_ids)), "records": len(records)}
+        shapes, unknown = shape_records(image_facts(questions, answers, image_ids), image_ids, split)
+        (out / f"shape_{split}.json").write_text(json.dumps(shapes))
+        summary[split] = {"questions": len(questions), "images": len(set(image_ids)), "records": len(records),
+                          "shape_records": len(shapes), "images_without_a_known_shape": unknown}
     summary["answers"] = sorted(easy_vqa.get_answers())
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -49,7 +49,8 @@ class TinyModelConfig:
 
 @dataclass
 class ModelConfig:
-    family: Literal["llava"] = _help("Model family.", "llava")
+    family: Literal["llava", "vit"] = _help("Model family: llava (VQA, generation) or vit (image classification).",
+                                            "llava")
     name_or_path: str = _help("Hub name, local checkpoint directory, or `tiny` (a small model built offline).", "tiny")
     dtype: Literal["float32", "bfloat16", "float16"] = _help("Weights dtype at load time.", "float32")
     gradient_checkpointing: bool = _help("Recompute activations in backward to save memory.", False)
@@ -62,6 +63,8 @@ class AdaptersConfig:
     language: TowerMethod = _help("Method for the language tower.", "dora")
     vision: TowerMethod = _help("Method for the vision tower (its Conv2d patch embedding included).", "frozen")
     projector: TowerMethod = _help("Method for the vision-to-language projector.", "full")
+    head: TowerMethod | None = _help("Method for a classification head (vit); null: full where the model has one.",
+                                     None)
     r: int = _help("LoRA/DoRA rank.", 8)
     alpha: float = _help("LoRA/DoRA alpha; scale s = alpha / r (alpha / sqrt(r) with rslora).", 16.0)
     dropout: float = _help("Dropout on the low-rank branch input.", 0.0)
@@ -119,7 +122,8 @@ class EvalConfig:
     max_samples: int | None = _help("Evaluate on the first N eval records (null: all).", None)
     batch_size: int = _help("Prompts per generation batch per process.", 32)
     max_new_tokens: int = _help("Greedy generation length.", 16)
-    metric: Literal["vqa"] = _help("Metric: vqa (official VQAv2 accuracy).", "vqa")
+    metric: Literal["vqa", "top1"] | None = _help(
+        "Metric; null: the family's (llava: vqa, the official VQAv2 accuracy; vit: top1 accuracy).", None)
     at_end: bool = _help("Evaluate once training ends.", True)
 
 

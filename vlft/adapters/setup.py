@@ -8,7 +8,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from vlft.adapters.dora import use_vlft_dora
-from vlft.adapters.towers import TOWER_NAMES, TowerTargets, resolve_tower_targets, tower_of
+from vlft.adapters.towers import TOWER_NAMES, TowerTargets, resolve_tower_targets, tower_method, tower_of
 from vlft.config import AdaptersConfig
 
 PEFT_PREFIX = "base_model.model."
@@ -78,7 +78,7 @@ def format_parameter_table(counts: dict[str, ParamCounts], methods: dict[str, st
 
 def trainable_summary(model: nn.Module, towers: dict[str, tuple[str, ...]], cfg: AdaptersConfig) -> tuple[str, dict]:
     counts = count_parameters(model, towers)
-    methods = {t: getattr(cfg, t) for t in TOWER_NAMES}
+    methods = {t: tower_method(cfg, t, towers) for t in TOWER_NAMES}
     total = counts["total"]
     summary = {"trainable_params": total.trainable, "total_params": total.total,
                "trainable_percent": round(100.0 * total.trainable / max(total.total, 1), 4)}

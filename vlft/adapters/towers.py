@@ -1,4 +1,4 @@
-"""Resolve towers (`language`, `vision`, `projector`) to the modules DoRA/LoRA can wrap."""
+"""Resolve towers (`language`, `vision`, `projector`, `head`) to the modules DoRA/LoRA can wrap."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch import nn
 from vlft.config import AdaptersConfig
 
 ADAPTABLE_TYPES = (nn.Linear, nn.Conv2d)
-TOWER_NAMES = ("language", "vision", "projector")
+TOWER_NAMES = ("language", "vision", "projector", "head")
 
 
 @dataclass
@@ -29,6 +29,14 @@ def tower_of(name: str, towers: dict[str, tuple[str, ...]]) -> str:
     return "other"
 
 
+def tower_method(cfg: AdaptersConfig, tower: str, towers: dict[str, tuple[str, ...]]) -> str:
+    """The configured method; an unset (None) head is trained in full where the model has one."""
+    method = getattr(cfg, tower)
+    if method is None:
+        return "full" if tower in towers else "frozen"
+    return method
+
+
 def _tower_prefix(model: nn.Module, prefixes: tuple[str, ...]) -> str | None:
     names = dict(model.named_modules())
     return next((p for p in prefixes if p in names), None)
@@ -44,7 +52,7 @@ def resolve_tower_targets(model: nn.Module, towers: dict[str, tuple[str, ...]], 
     targets = TowerTargets()
     adapted_methods = set()
     for tower in TOWER_NAMES:
-        method = getattr(cfg, tower)
+        method = tower_method(cfg, tower, towers)
         if method == "frozen":
             continue
         prefix = _tower_prefix(model, towers.get(tower, ()))
@@ -59,6 +67,6 @@ def resolve_tower_targets(model: nn.Module, towers: dict[str, tuple[str, ...]], 
                 targets.adapted.append(name)
     if len(adapted_methods) > 1:
         raise ValueError("adapters: one run uses either lora or dora on its adapted towers, not both "
-                         f"(got {', '.join(f'{t}: {getattr(cfg, t)}' for t in TOWER_NAMES)})")
+                         f"(got {', '.join(f'{t}: {tower_method(cfg, t, towers)}' for t in TOWER_NAMES)})")
     targets.method = adapted_methods.pop() if adapted_methods else None
     return targets

@@ -9,7 +9,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from vlft.data.conversation import IGNORE_INDEX, TokenSpec, encode_conversation, encode_prompt, image_tokens_end
-from vlft.data.records import DataError, question_turns, read_records, references
+from vlft.data.records import DataError, question_turns, read_records, references, validate_record
 from vlft.data.skips import SkipLog
 from vlft.models.base import ModelBundle
 
@@ -40,12 +40,14 @@ class _RecordDataset(Dataset):
     ``{"skipped": (reason, where, message)}``, which the collator drops and reports in the batch.
     """
 
+    validate = staticmethod(validate_record)  # the record schema
+
     def __init__(self, path: str | Path, bundle: ModelBundle, image_folder: str, max_samples: int | None = None,
                  on_error: str = "raise"):
         self.path, self.bundle, self.image_folder = str(path), bundle, image_folder
-        self.spec = token_spec(bundle)
+        self.spec = token_spec(bundle) if bundle.tokenizer is not None else None
         self.skips = SkipLog() if on_error == "skip" else None
-        entries = read_records(path, self.skips)
+        entries = read_records(path, self.skips, validate=self.validate)
         entries = [(pos, rec) for pos, rec in entries if self._passes_checks(pos, rec)]
         entries = entries[:max_samples] if max_samples else entries
         self.positions = [pos for pos, _ in entries]

@@ -28,11 +28,13 @@ class DataError(ValueError):
         self.reason, self.where = reason, where
 
 
-def read_records(path: str | Path, skips: SkipLog | None = None) -> list[tuple[int, dict]]:
+def read_records(path: str | Path, skips: SkipLog | None = None, validate=None) -> list[tuple[int, dict]]:
     """(position in file, record) for every good record of a JSON list or JSONL file.
 
-    A bad record raises DataError, or is counted in ``skips`` and left out when one is given.
+    ``validate(record, where)`` (default: the LLaVA conversation schema) raises DataError for a bad
+    record, which is raised, or counted in ``skips`` and left out when one is given.
     """
+    validate = validate or validate_record
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}", reason=None)
@@ -55,7 +57,7 @@ def read_records(path: str | Path, skips: SkipLog | None = None) -> list[tuple[i
         try:
             if isinstance(record, str):
                 record = _parse_line(record, where)
-            validate_record(record, where)
+            validate(record, where)
         except DataError as err:
             if skips is None:
                 raise

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from vlft.config import RunConfig
 from vlft.data.conversation import encode_conversation
-from vlft.data.dataset import ConversationDataset, PromptDataset, load_image
+from vlft.data.dataset import ConversationDataset, load_image
 from vlft.data.records import DataError
 from vlft.data.skips import SkipLog
 from vlft.models import ModelBundle, get_family
@@ -18,15 +18,15 @@ from vlft.train.preflight import TINY, check_paths
 def data_bundle(cfg: RunConfig, workdir: str) -> ModelBundle:
     """Tokenizer and image-token layout of the configured model, without its weights."""
     family = get_family(cfg.model.family)
+    lenient = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, on_error="skip"))
     if cfg.model.name_or_path != TINY:
-        return family.load(cfg.model, cfg.model.name_or_path, with_model=False)
-    from vlft.train.run import tiny_base_dir, training_texts
+        return family.load_for_run(lenient, cfg.model.name_or_path, with_model=False)
+    from vlft.train.run import tiny_base_dir
 
     base = tiny_base_dir(cfg)
     if not (base / "config.json").is_file():  # not trained yet: build the same tiny model aside
-        lenient = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, on_error="skip"))
-        base = family.build_tiny(cfg.model.tiny, training_texts(lenient), Path(workdir) / "tiny")
-    return family.load(cfg.model, str(base), with_model=False)
+        base = family.build_tiny_for_run(lenient, Path(workdir) / "tiny")
+    return family.load_for_run(lenient, str(base), with_model=False)
 
 
 def _check_records(dataset, encode: bool) -> None:
@@ -58,14 +58,10 @@ def validate_data(cfg: RunConfig) -> dict[str, SkipLog]:
     report = {}
     with tempfile.TemporaryDirectory() as workdir:
         bundle = data_bundle(cfg, workdir)
-        splits = {"train": cfg.data.train, "eval": cfg.data.eval}
-        for split, path in splits.items():
-            if path is None:
-                continue
-            if split == "train":
-                dataset = ConversationDataset(path, bundle, cfg.data.image_folder, cfg.data.max_length, "skip")
-            else:
-                dataset = PromptDataset(path, bundle, cfg.data.image_folder, on_error="skip")
-            _check_records(dataset, encode=split == "train")
-            report[split] = dataset.skips
-    return report
+        family = get_family(cfg.model.family)
+        report["train"] = family.train_dataset(cfg, bundle, on_error="skip")
+        if cfg.data.eval:
+            report["eval"] = family.eval_dataset(cfg, bundle, on_error="skip")
+        for dataset in report.values():
+            _check_records(dataset, encode=isinstance(dataset, ConversationDataset))
+    return {split: dataset.skips for split, dataset in report.items()}

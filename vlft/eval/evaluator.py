@@ -24,7 +24,7 @@ def evaluate_vqa(model, bundle: ModelBundle, cfg: RunConfig, device="cpu", synce
                  predictions_path: str | Path | None = None) -> dict:
     """VQA accuracy (official definition) of greedy answers on cfg.data.eval, with the majority baseline."""
     dataset = PromptDataset(cfg.data.eval, bundle, cfg.data.image_folder, cfg.eval.max_samples,
-                            on_error=cfg.data.on_error)
+                            on_error=cfg.data.on_error)  # as llava.eval_dataset builds it
     answers = generate_answers(model, dataset, cfg.eval.batch_size, cfg.eval.max_new_tokens,
                                synced_gpus=synced_gpus, device=device)
     # questions skipped under on_error: skip are left out of the score and counted

@@ -1,4 +1,10 @@
-"""Model families. One module per family; `get_family(name)` is the only way in."""
+"""Model families. One module per family; `get_family(name)` is the only way in.
+
+A family module gives: TOWERS (tower -> module-name prefixes); load(model_cfg, path, ...);
+build_tiny(...); and the hooks of a training run: build_tiny_for_run(cfg, out_dir),
+load_for_run(cfg, path, with_model), train_dataset(cfg, bundle, on_error), collator(bundle) and
+evaluate(model, bundle, cfg, device, synced_gpus, predictions_path) -> metrics.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from types import ModuleType
 from vlft.models.base import ModelBundle, ModelLoadError
 
 # Imported on first use: a family module pulls in transformers, which `vlft score` does not need.
-FAMILIES: dict[str, str] = {"llava": "vlft.models.llava"}
+FAMILIES: dict[str, str] = {"llava": "vlft.models.llava", "vit": "vlft.models.vit"}
 
 
 def get_family(name: str) -> ModuleType:

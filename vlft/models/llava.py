@@ -25,7 +25,7 @@ from transformers import (
     LlavaForConditionalGeneration,
 )
 
-from vlft.config import ModelConfig, TinyModelConfig
+from vlft.config import ModelConfig, RunConfig, TinyModelConfig
 from vlft.data.template import LLAVA_V1
 from vlft.models.base import ModelBundle, ModelLoadError
 from vlft.models.tokenizer import IMAGE_TOKEN, build_word_tokenizer
@@ -130,3 +130,49 @@ def build_on_meta(config: LlavaConfig) -> LlavaForConditionalGeneration:
     """Instantiate the architecture without allocating weights."""
     with torch.device("meta"):
         return LlavaForConditionalGeneration(config)
+
+
+# The hooks every family gives the training loop (see vlft/models/__init__.py).
+
+def training_texts(cfg: RunConfig) -> list[str]:
+    """Every turn of the training records: the tiny model's word-level vocabulary comes from them."""
+    from vlft.data.records import read_records
+    from vlft.data.skips import SkipLog
+
+    skips = SkipLog() if cfg.data.on_error == "skip" else None
+    return [turn["value"] for _, record in read_records(cfg.data.train, skips) for turn in record["conversations"]]
+
+
+def build_tiny_for_run(cfg: RunConfig, out_dir: str | Path) -> Path:
+    return build_tiny(cfg.model.tiny, training_texts(cfg), out_dir)
+
+
+def load_for_run(cfg: RunConfig, path: str, with_model: bool = True) -> ModelBundle:
+    return load(cfg.model, path, with_model)
+
+
+def train_dataset(cfg: RunConfig, bundle: ModelBundle, on_error: str | None = None):
+    from vlft.data.dataset import ConversationDataset
+
+    return ConversationDataset(cfg.data.train, bundle, cfg.data.image_folder, cfg.data.max_length,
+                               on_error=on_error or cfg.data.on_error)
+
+
+def eval_dataset(cfg: RunConfig, bundle: ModelBundle, on_error: str | None = None):
+    from vlft.data.dataset import PromptDataset
+
+    return PromptDataset(cfg.data.eval, bundle, cfg.data.image_folder, cfg.eval.max_samples,
+                         on_error=on_error or cfg.data.on_error)
+
+
+def collator(bundle: ModelBundle):
+    from vlft.data.dataset import VisionTextCollator
+
+    return VisionTextCollator(bundle.tokenizer.pad_token_id)
+
+
+def evaluate(model, bundle: ModelBundle, cfg: RunConfig, device="cpu", synced_gpus: bool = False,
+             predictions_path=None) -> dict:
+    from vlft.eval.evaluator import evaluate_vqa
+
+    return evaluate_vqa(model, bundle, cfg, device=device, synced_gpus=synced_gpus, predictions_path=predictions_path)

@@ -15,8 +15,16 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
 
 
+FAMILY_METRICS = {"llava": "vqa", "vit": "top1"}
+
+
 def check_paths(cfg: RunConfig, source: str = "config") -> None:
-    """Raise ConfigError naming the key and the path for the first missing or unreadable file."""
+    """Raise ConfigError naming the key and the path for the first missing or unreadable file (and for a
+    metric the model family cannot report)."""
+    metric = FAMILY_METRICS[cfg.model.family]
+    if cfg.eval.metric not in (None, metric):
+        raise ConfigError(f"{source}: eval.metric: the {cfg.model.family} family reports {metric}, "
+                          f"not {cfg.eval.metric}")
     data = cfg.data
     for key, path in (("data.train", data.train), ("data.eval", data.eval)):
         if path is not None and not Path(path).is_file():

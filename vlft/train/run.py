@@ -20,9 +20,6 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 from vlft.adapters import apply_adapters, trainable_summary
 from vlft.config import RunConfig, config_to_dict
-from vlft.data.dataset import ConversationDataset, VisionTextCollator
-from vlft.data.records import read_records
-from vlft.data.skips import SkipLog
 from vlft.models import ModelBundle, get_family
 from vlft.train.checkpoints import check_checkpoint_is_safe, discard_partial_checkpoint, latest_complete_checkpoint
 from vlft.train.preflight import TINY, check_paths
@@ -59,11 +56,6 @@ def tiny_base_dir(cfg: RunConfig) -> Path:
     return Path(cfg.training.output_dir).resolve() / "base_model"
 
 
-def training_texts(cfg: RunConfig) -> list[str]:
-    skips = SkipLog() if cfg.data.on_error == "skip" else None
-    return [turn["value"] for _, record in read_records(cfg.data.train, skips) for turn in record["conversations"]]
-
-
 @contextmanager
 def zero3_init_paused():
     """Construct models as plain modules: ZeRO-3's partitioned construction is for the model we train,
@@ -88,7 +80,7 @@ def model_path(cfg: RunConfig, args: TrainingArguments) -> str:
     with args.main_process_first(desc="build tiny base model", local=False):
         if not (base / "config.json").is_file():
             with zero3_init_paused():
-                get_family(cfg.model.family).build_tiny(cfg.model.tiny, training_texts(cfg), base)
+                get_family(cfg.model.family).build_tiny_for_run(cfg, base)
     return str(base)
 
 
@@ -99,15 +91,14 @@ def load_model(cfg: RunConfig, path: str) -> ModelBundle:
         # flat: load whole weights; deepspeed.initialize partitions them afterwards.
         log("ZeRO-3: loading whole weights (adapters on the vision tower's Conv2d), partitioned at initialize")
         with zero3_init_paused():
-            return family.load(cfg.model, path)
-    return family.load(cfg.model, path)
+            return family.load_for_run(cfg, path)
+    return family.load_for_run(cfg, path)
 
 
-def training_data(cfg: RunConfig, path: str) -> ConversationDataset:
+def training_data(cfg: RunConfig, path: str):
     """Read and check the training records with the model's tokenizer, before its weights are loaded."""
-    data_bundle = get_family(cfg.model.family).load(cfg.model, path, with_model=False)
-    train_set = ConversationDataset(cfg.data.train, data_bundle, cfg.data.image_folder, cfg.data.max_length,
-                                    on_error=cfg.data.on_error)
+    family = get_family(cfg.model.family)
+    train_set = family.train_dataset(cfg, family.load_for_run(cfg, path, with_model=False))
     if train_set.skips is not None:
         log(f"{cfg.data.train}: {len(train_set)} records kept; at load, {train_set.skips.summary()}")
     return train_set
@@ -132,7 +123,8 @@ def save_outputs(trainer: VlftTrainer, bundle: ModelBundle, cfg: RunConfig, metr
     out = Path(cfg.training.output_dir)
     trainer.save_model(str(out))
     if trainer.is_world_process_zero():
-        bundle.tokenizer.save_pretrained(out)
+        if bundle.tokenizer is not None:
+            bundle.tokenizer.save_pretrained(out)
         bundle.image_processor.save_pretrained(out)
         (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -171,7 +163,7 @@ def train(cfg: RunConfig) -> TrainResult:
     table, params = trainable_summary(model, bundle.towers, cfg.adapters)
     log(f"trainable parameters ({cfg.model.name_or_path}):\n{table}")
     trainer = VlftTrainer(model=model, args=args, train_dataset=train_set, bundle=bundle, run_config=cfg,
-                          skips=train_set.skips, data_collator=VisionTextCollator(bundle.tokenizer.pad_token_id))
+                          skips=train_set.skips, data_collator=get_family(cfg.model.family).collator(bundle))
     if is_main_process() and (partial := discard_partial_checkpoint(cfg.training.output_dir)):
         log(f"removed a checkpoint left half-written by a killed run: {partial}")
     resume = resolve_resume(cfg)

@@ -18,8 +18,7 @@ from vlft.adapters.setup import base_param_name
 from vlft.adapters.towers import tower_of
 from vlft.config import RunConfig
 from vlft.data.skips import SkipLog
-from vlft.eval.evaluator import evaluate_vqa
-from vlft.models.base import ModelBundle
+from vlft.models import ModelBundle, get_family
 from vlft.train.checkpoints import STAGING, latest_complete_checkpoint
 from vlft.train.errors import NonFiniteLoss
 
@@ -115,12 +114,13 @@ class VlftTrainer(Trainer):
         return self.optimizer
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
-        """Greedy generation over data.eval scored with the official VQA accuracy."""
+        """The family's evaluation of data.eval (LLaVA: generation scored with VQA accuracy; ViT: top-1)."""
         if not self.run_config.data.eval:
             return {}
         predictions = Path(self.args.output_dir) / "predictions.json" if self.is_world_process_zero() else None
-        metrics = evaluate_vqa(self.model, self.bundle, self.run_config, device=self.args.device,
-                               synced_gpus=is_deepspeed_zero3_enabled(), predictions_path=predictions)
+        family = get_family(self.run_config.model.family)
+        metrics = family.evaluate(self.model, self.bundle, self.run_config, device=self.args.device,
+                                 synced_gpus=is_deepspeed_zero3_enabled(), predictions_path=predictions)
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
         self.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)

@@ -1,0 +1,68 @@
+"""Top-1 accuracy of an image classifier on data.eval, sharded over the ranks of a distributed run."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
+
+from vlft.config import RunConfig
+from vlft.data.classification import ImageLabelCollator, LabelledImageDataset
+from vlft.models.base import ModelBundle
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def predict_labels(model, dataset: LabelledImageDataset, batch_size: int, device) -> dict[int, int]:
+    """Predicted label index per dataset index, gathered on every rank."""
+    rank, world = _world()
+    shard = Subset(dataset, list(range(rank, len(dataset), world)))
+    was_training = model.training
+    model.eval()
+    predicted: dict[int, int] = {}
+    dtype = next(model.parameters()).dtype
+    for batch in DataLoader(shard, batch_size=batch_size, collate_fn=ImageLabelCollator()):
+        if dataset.skips is not None:
+            dataset.skips.extend(batch.get("skipped", []))
+        logits = model(pixel_values=batch["pixel_values"].to(device, dtype))["logits"]
+        predicted.update(zip(batch["index"], logits.argmax(-1).tolist(), strict=True))
+    model.train(was_training)
+    if world > 1:
+        parts: list[dict] = [None] * world
+        dist.all_gather_object(parts, predicted)
+        predicted = {k: v for part in parts for k, v in part.items()}
+        if dataset.skips is not None:
+            dataset.skips = dataset.skips.gathered()
+    return predicted
+
+
+def evaluate_classification(model, bundle: ModelBundle, cfg: RunConfig, device="cpu",
+                            predictions_path: str | Path | None = None) -> dict:
+    """Top-1 accuracy (percent), with the majority-class and chance baselines."""
+    from vlft.models.vit import eval_dataset
+
+    dataset = eval_dataset(cfg, bundle)
+    predicted = predict_labels(model, dataset, cfg.eval.batch_size, device)
+    labels = bundle.extra["labels"]
+    truth = {i: dataset.records[i]["label"] for i in predicted}
+    hits = sum(labels[p] == truth[i] for i, p in predicted.items())
+    majority, majority_count = Counter(truth.values()).most_common(1)[0]
+    metrics = {"top1_accuracy": round(100.0 * hits / len(predicted), 2), "num_images": len(predicted),
+               "majority_label": majority, "majority_baseline_accuracy": round(100.0 * majority_count / len(truth), 2),
+               "chance_accuracy": round(100.0 / len(labels), 2)}
+    if dataset.skips is not None:
+        metrics["skipped_records"] = dataset.skips.counts()
+    if predictions_path is not None:
+        rows = [{"id": dataset.records[i].get("id", i), "label": truth[i], "prediction": labels[p]}
+                for i, p in sorted(predicted.items())]
+        Path(predictions_path).write_text(json.dumps(rows, indent=1))
+    return metrics
