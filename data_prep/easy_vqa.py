@@ -6,7 +6,9 @@ Writes train.json, test.json and images/{train,test}/<id>.png under --out. Train
 about the same image become one multi-turn conversation (as LLaVA-665k does for VQAv2),
 unless --no-group; test records hold one question each, with `question_id` and `answers`.
 Also writes shape_train.json / shape_test.json, image classification records
-`{"id", "image", "label"}` whose label is the image's shape, read off its questions and answers.
+`{"id", "image", "label"}` whose label is the image's shape, and caption_train.json /
+caption_test.json, captioning records ("a red triangle", with three phrasings as references)
+for the images whose shape and colour the questions and answers establish.
 """
 
 from __future__ import annotations
@@ -89,6 +91,26 @@ def shape_records(facts: dict[int, dict[str, str]], image_ids, split: str) -> tu
     return records, len(set(image_ids)) - len(records)
 
 
+CAPTION_PROMPT = "Describe the image briefly."
+
+
+def caption_references(color: str, shape: str) -> list[str]:
+    return [f"a {color} {shape}", f"a {shape} that is {color}", f"one {color} {shape}"]
+
+
+def caption_records(facts: dict[int, dict[str, str]], split: str) -> list[dict]:
+    """One captioning record per image of known shape and colour; the first reference is the target."""
+    records = []
+    for i in sorted(facts):
+        if {"shape", "color"} <= facts[i].keys():
+            refs = caption_references(facts[i]["color"], facts[i]["shape"])
+            records.append({"id": f"easyvqa-{split}-caption{i}", "question_id": f"{split}-caption{i}",
+                            "task": "caption", "image": f"{split}/{i}.png", "answers": refs,
+                            "conversations": [{"from": "human", "value": f"<image>\n{CAPTION_PROMPT}"},
+                                              {"from": "gpt", "value": refs[0]}]})
+    return records
+
+
 def copy_images(paths: dict[int, str], dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for image_id, src in paths.items():
@@ -123,10 +145,14 @@ def prepare(out: Path, group: bool = True, seed: int = 0) -> dict:
         else:
             records = single_records(questions, answers, image_ids, split)
         (out / f"{split}.json").write_text(json.dumps(records))
-        shapes, unknown = shape_records(image_facts(questions, answers, image_ids), image_ids, split)
+        facts = image_facts(questions, answers, image_ids)
+        shapes, unknown = shape_records(facts, image_ids, split)
         (out / f"shape_{split}.json").write_text(json.dumps(shapes))
+        captions = caption_records(facts, split)
+        (out / f"caption_{split}.json").write_text(json.dumps(captions))
         summary[split] = {"questions": len(questions), "images": len(set(image_ids)), "records": len(records),
-                          "shape_records": len(shapes), "images_without_a_known_shape": unknown}
+                          "shape_records": len(shapes), "images_without_a_known_shape": unknown,
+                          "caption_records": len(captions)}
     summary["answers"] = sorted(easy_vqa.get_answers())
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

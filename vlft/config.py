@@ -49,12 +49,13 @@ class TinyModelConfig:
 
 @dataclass
 class ModelConfig:
-    family: Literal["llava", "vit"] = _help("Model family: llava (VQA, generation) or vit (image classification).",
-                                            "llava")
+    family: Literal["llava", "vl_bart", "vit"] = _help(
+        "Model family: llava (decoder-only VQA), vl_bart (BART + CLIP encoder), vit (image classification).", "llava")
     name_or_path: str = _help("Hub name, local checkpoint directory, or `tiny` (a small model built offline).", "tiny")
     dtype: Literal["float32", "bfloat16", "float16"] = _help("Weights dtype at load time.", "float32")
     gradient_checkpointing: bool = _help("Recompute activations in backward to save memory.", False)
     attn_implementation: str | None = _help("transformers attention backend (sdpa, eager, flash_attention_2).", None)
+    vision_tower: str | None = _help("vl_bart: open_clip encoder and pretrained tag, e.g. RN101:openai.", None)
     tiny: TinyModelConfig = _help("Sizes used when name_or_path is `tiny`.", default_factory=TinyModelConfig)
 
 
@@ -82,8 +83,10 @@ class AdaptersConfig:
 
 @dataclass
 class DataConfig:
-    train: str = _help("Training records: LLaVA conversation JSON (list) or JSONL.")
-    eval: str | None = _help("Eval records, same format (references: `answers`, else the last gpt turn).", None)
+    train: str | list[str] = _help("Training records: LLaVA conversation JSON (list) or JSONL; a list of files "
+                                   "mixes them in one run (multitask).")
+    eval: str | list[str] | None = _help("Eval records, same format (references: `answers`, else the last gpt "
+                                         "turn); each record is scored by its `task` (default vqa).", None)
     image_folder: str = _help("Directory that record `image` paths are relative to.", ".")
     max_length: int = _help("Maximum tokens per example, image tokens included.", 2048)
     num_workers: int = _help("DataLoader worker processes.", 0)

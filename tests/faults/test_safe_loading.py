@@ -39,7 +39,7 @@ def test_model_family_is_a_closed_list_not_an_import_path(tmp_path, capsys):
     cfg["model"]["family"] = "os.system"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["train", str(path)]) == 2
-    assert "'model.family' must be one of ['llava', 'vit'], got 'os.system'" in capsys.readouterr().err
+    assert "'model.family' must be one of ['llava', 'vl_bart', 'vit'], got 'os.system'" in capsys.readouterr().err
 
 
 def write_checkpoint(directory: Path, poisoned: str | None, marker: Path) -> Path:

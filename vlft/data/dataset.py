@@ -9,7 +9,15 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from vlft.data.conversation import IGNORE_INDEX, TokenSpec, encode_conversation, encode_prompt, image_tokens_end
-from vlft.data.records import DataError, question_turns, read_records, references, validate_record
+from vlft.data.records import (
+    DataError,
+    data_files,
+    image_paths,
+    question_turns,
+    read_records,
+    references,
+    validate_record,
+)
 from vlft.data.skips import SkipLog
 from vlft.models.base import ModelBundle
 
@@ -41,16 +49,19 @@ class _RecordDataset(Dataset):
     """
 
     validate = staticmethod(validate_record)  # the record schema
+    max_images = 1  # images per record the family's model takes
 
-    def __init__(self, path: str | Path, bundle: ModelBundle, image_folder: str, max_samples: int | None = None,
-                 on_error: str = "raise"):
-        self.path, self.bundle, self.image_folder = str(path), bundle, image_folder
+    def __init__(self, path: str | Path | list, bundle: ModelBundle, image_folder: str,
+                 max_samples: int | None = None, on_error: str = "raise"):
+        self.paths = data_files(path)  # several files are mixed, in order (multitask training)
+        self.path, self.bundle, self.image_folder = ", ".join(self.paths), bundle, image_folder
         self.spec = token_spec(bundle) if bundle.tokenizer is not None else None
         self.skips = SkipLog() if on_error == "skip" else None
-        entries = read_records(path, self.skips, validate=self.validate)
+        entries = [((file, pos), rec) for file in self.paths
+                   for pos, rec in read_records(file, self.skips, validate=self.validate)]
         entries = [(pos, rec) for pos, rec in entries if self._passes_checks(pos, rec)]
         entries = entries[:max_samples] if max_samples else entries
-        self.positions = [pos for pos, _ in entries]
+        self.positions = [pos for pos, _ in entries]  # (file, record position in it)
         self.records = [rec for _, rec in entries]
 
     def __len__(self) -> int:
@@ -59,9 +70,10 @@ class _RecordDataset(Dataset):
     def where(self, index: int) -> str:
         return self._where(self.positions[index], self.records[index])
 
-    def _where(self, position: int, record: dict) -> str:
-        label = "line" if self.path.endswith(".jsonl") else "record"
-        return f"{self.path} {label} {position} (id {record.get('id', '?')})"
+    def _where(self, position: tuple[str, int], record: dict) -> str:
+        file, number = position
+        label = "line" if file.endswith(".jsonl") else "record"
+        return f"{file} {label} {number} (id {record.get('id', '?')})"
 
     def _passes_checks(self, position: int, record: dict) -> bool:
         try:
@@ -74,9 +86,13 @@ class _RecordDataset(Dataset):
         return True
 
     def check(self, record: dict, where: str) -> None:
-        """Cheap checks of one record before training: its image file exists."""
-        if record.get("image"):
-            path = Path(self.image_folder) / record["image"]
+        """Cheap checks of one record before training: its image files exist."""
+        images = image_paths(record)
+        if len(images) > self.max_images:
+            raise DataError(f"{where}: {len(images)} images in one record; this model family takes at most "
+                            f"{self.max_images}", reason="image_count_mismatch", where=where)
+        for image in images:
+            path = Path(self.image_folder) / image
             if not path.is_file():
                 raise DataError(f"{where}: image not found: {path}", reason="missing_image", where=where)
 

@@ -2,7 +2,9 @@
 
 A record: ``{"id", "image"?, "conversations": [{"from": "human"|"gpt", "value": str}, ...]}``.
 Evaluation records may add ``"answers": [str, ...]`` (all reference answers) and
-``"question_id"``; without ``answers`` the last gpt turn is the reference.
+``"question_id"``; without ``answers`` the last gpt turn is the reference. ``"task"`` (vqa, gqa,
+nlvr2, caption; default vqa) picks the metric and, for VL-BART, the task prefix. ``"image"`` is a
+path, or a list of paths for a task with several images (NLVR2), one `<image>` each.
 """
 
 from __future__ import annotations
@@ -14,6 +16,19 @@ from vlft.data.skips import SkipLog
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 IMAGE_PLACEHOLDER = "<image>"
+TASKS = ("vqa", "gqa", "nlvr2", "caption")
+
+
+def image_paths(record: dict) -> list[str]:
+    image = record.get("image")
+    return [] if not image else [image] if isinstance(image, str) else list(image)
+
+
+def data_files(paths: str | Path | list | None) -> list[str]:
+    """data.train / data.eval as a list of files (one file, or several mixed in one run)."""
+    if paths is None:
+        return []
+    return [str(paths)] if isinstance(paths, (str, Path)) else [str(p) for p in paths]
 
 
 class DataError(ValueError):
@@ -86,12 +101,15 @@ def validate_record(record: dict, where: str) -> None:
             raise DataError(f"{where}: conversations[{i}] must be {{'from': 'human'|'gpt', 'value': str}}, "
                             f"got {turn!r}")
     image = record.get("image")
-    if image is not None and not isinstance(image, str):
-        raise DataError(f"{where}: field 'image' must be a path string, got {type(image).__name__}")
+    if image is not None and not isinstance(image, str) and not (
+            isinstance(image, list) and image and all(isinstance(i, str) for i in image)):
+        raise DataError(f"{where}: field 'image' must be a path string or a list of them, got {image!r}")
     placeholders = sum(t["value"].count(IMAGE_PLACEHOLDER) for t in turns)
-    if placeholders != (1 if image else 0):
+    if placeholders != len(image_paths(record)):
         raise DataError(f"{where}: {placeholders} '{IMAGE_PLACEHOLDER}' placeholder(s) for "
-                        f"{1 if image else 0} image(s)", reason="image_count_mismatch", where=where)
+                        f"{len(image_paths(record))} image(s)", reason="image_count_mismatch", where=where)
+    if record.get("task", "vqa") not in TASKS:
+        raise DataError(f"{where}: field 'task' must be one of {list(TASKS)}, got {record['task']!r}")
     answers = record.get("answers")
     if answers is not None and (not isinstance(answers, list) or not all(isinstance(a, str) for a in answers)):
         raise DataError(f"{where}: field 'answers' must be a list of strings")

@@ -18,18 +18,21 @@ def _world() -> tuple[int, int]:
 
 @torch.no_grad()
 def generate_answers(model, dataset: PromptDataset, batch_size: int, max_new_tokens: int,
-                     synced_gpus: bool = False, device: torch.device | str = "cpu") -> list[str | None]:
+                     synced_gpus: bool = False, device: torch.device | str = "cpu", collate_fn=None,
+                     decoder_only: bool = True) -> list[str | None]:
     """Greedy answers for every prompt of ``dataset``, in dataset order, on every rank.
 
     Each rank generates a strided shard; with ZeRO-3 (``synced_gpus``) ranks keep stepping
     together until all are done, so shards are padded to the same number of batches. A prompt whose
-    image fails to load under ``on_error: skip`` gets None and lands in ``dataset.skips``.
+    image fails to load under ``on_error: skip`` gets None and lands in ``dataset.skips``. A decoder-only
+    model's output repeats the prompt, which is cut off; an encoder-decoder's (``decoder_only=False``) is
+    the answer alone.
     """
     rank, world = _world()
     tokenizer = dataset.bundle.tokenizer
     shard = Subset(dataset, list(range(rank, len(dataset), world)))
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False,
-                        collate_fn=VisionTextCollator(tokenizer.pad_token_id, for_generation=True))
+                        collate_fn=collate_fn or VisionTextCollator(tokenizer.pad_token_id, for_generation=True))
     batches_per_rank = -(-len(range(0, len(dataset), world)) // batch_size)
     was_training = model.training
     model.eval()
@@ -48,7 +51,7 @@ def generate_answers(model, dataset: PromptDataset, batch_size: int, max_new_tok
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                 synced_gpus=synced_gpus, pad_token_id=tokenizer.pad_token_id,
                                 eos_token_id=tokenizer.eos_token_id)
-        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+        new_tokens = output[:, inputs["input_ids"].shape[1]:] if decoder_only else output
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         for index, text in zip(batch["index"], texts, strict=False):
             answers[index] = text.strip()

@@ -14,7 +14,8 @@ from types import ModuleType
 from vlft.models.base import ModelBundle, ModelLoadError
 
 # Imported on first use: a family module pulls in transformers, which `vlft score` does not need.
-FAMILIES: dict[str, str] = {"llava": "vlft.models.llava", "vit": "vlft.models.vit"}
+FAMILIES: dict[str, str] = {"llava": "vlft.models.llava", "vl_bart": "vlft.models.vl_bart",
+                             "vit": "vlft.models.vit"}
 
 
 def get_family(name: str) -> ModuleType:

@@ -136,11 +136,12 @@ def build_on_meta(config: LlavaConfig) -> LlavaForConditionalGeneration:
 
 def training_texts(cfg: RunConfig) -> list[str]:
     """Every turn of the training records: the tiny model's word-level vocabulary comes from them."""
-    from vlft.data.records import read_records
+    from vlft.data.records import data_files, read_records
     from vlft.data.skips import SkipLog
 
     skips = SkipLog() if cfg.data.on_error == "skip" else None
-    return [turn["value"] for _, record in read_records(cfg.data.train, skips) for turn in record["conversations"]]
+    return [turn["value"] for path in data_files(cfg.data.train) for _, record in read_records(path, skips)
+            for turn in record["conversations"]]
 
 
 def build_tiny_for_run(cfg: RunConfig, out_dir: str | Path) -> Path:

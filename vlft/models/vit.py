@@ -110,8 +110,10 @@ def build_tiny(tiny: TinyModelConfig, labels: list[str], out_dir: str | Path) ->
 def training_labels(cfg: RunConfig) -> list[str]:
     """Sorted distinct labels of the training records (malformed records are left to the dataset's checks)."""
     from vlft.data.classification import read_label_records
+    from vlft.data.records import data_files
 
-    return sorted({record["label"] for _, record in read_label_records(cfg.data.train, lenient=True)})
+    return sorted({record["label"] for path in data_files(cfg.data.train)
+                   for _, record in read_label_records(path, lenient=True)})
 
 
 # The hooks every family gives the training loop (see vlft/models/__init__.py).

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from vlft.config import ConfigError, RunConfig
+from vlft.data.records import data_files
 
 TINY = "tiny"
 
@@ -15,7 +16,7 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
 
 
-FAMILY_METRICS = {"llava": "vqa", "vit": "top1"}
+FAMILY_METRICS = {"llava": "vqa", "vl_bart": "vqa", "vit": "top1"}
 
 
 def check_paths(cfg: RunConfig, source: str = "config") -> None:
@@ -26,9 +27,10 @@ def check_paths(cfg: RunConfig, source: str = "config") -> None:
         raise ConfigError(f"{source}: eval.metric: the {cfg.model.family} family reports {metric}, "
                           f"not {cfg.eval.metric}")
     data = cfg.data
-    for key, path in (("data.train", data.train), ("data.eval", data.eval)):
-        if path is not None and not Path(path).is_file():
-            raise ConfigError(f"{source}: {key}: file not found: {path}")
+    for key, paths in (("data.train", data.train), ("data.eval", data.eval)):
+        for path in data_files(paths):
+            if not Path(path).is_file():
+                raise ConfigError(f"{source}: {key}: file not found: {path}")
     if not Path(data.image_folder).is_dir():
         raise ConfigError(f"{source}: data.image_folder: directory not found: {data.image_folder}")
     name = cfg.model.name_or_path

@@ -1,0 +1,114 @@
+"""The VL-BART family: a tiny BART + CLIP-ResNet saved and loaded back through the same code, DoRA on the
+ResNet's Conv2d layers and BART's Linear layers (tied lm_head left alone), frozen BatchNorm statistics,
+and a short end-to-end run."""
+
+import json
+
+import torch
+
+from tests.conftest import tiny_config_dict
+from vlft.adapters import apply_adapters
+from vlft.config import AdaptersConfig, ModelConfig, TinyModelConfig, config_from_dict
+from vlft.models import vl_bart
+
+TINY = TinyModelConfig(image_size=64, vision_hidden_size=32, text_hidden_size=32, text_layers=1, num_heads=2)
+TEXTS = ["what shape is this?", "circle", "rectangle", "what color is the shape?", "red"]
+
+
+def batch(tokenizer):
+    ids = tokenizer(["vqa : what shape is this ?"], add_special_tokens=False, return_tensors="pt").input_ids
+    labels = tokenizer(["circle"], add_special_tokens=False, return_tensors="pt").input_ids
+    torch.manual_seed(0)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": torch.randn(2, 3, 64, 64)[:1],
+            "labels": labels}
+
+
+def test_tiny_vl_bart_round_trips_through_load(tmp_path):
+    first = vl_bart.load(ModelConfig(family="vl_bart"), str(vl_bart.build_tiny(TINY, TEXTS, tmp_path)))
+    again = vl_bart.load(ModelConfig(family="vl_bart"), str(tmp_path))
+    inputs = batch(first.tokenizer)
+    torch.testing.assert_close(first.model.eval()(**inputs).logits, again.model.eval()(**inputs).logits,
+                               rtol=0, atol=0)
+    # the image enters the encoder: 2x2 ResNet cells in front of the text
+    assert vl_bart.grid_features(first.model.vision, inputs["pixel_values"]).shape[1] == 4
+
+
+def test_dora_reaches_resnet_conv2d_and_bart_linear_but_not_the_tied_head(tmp_path):
+    bundle = vl_bart.load(ModelConfig(family="vl_bart"), str(vl_bart.build_tiny(TINY, TEXTS, tmp_path)))
+    model = apply_adapters(bundle.model, vl_bart.TOWERS, AdaptersConfig(language="dora", vision="dora",
+                                                                        projector="full", r=4, alpha=8))
+    adapted = {name.removeprefix("base_model.model."): m.get_base_layer() for name, m in model.named_modules()
+               if hasattr(m, "lora_magnitude_vector") and "default" in m.lora_magnitude_vector}
+    convs = {n for n, m in adapted.items() if isinstance(m, torch.nn.Conv2d)}
+    assert {"vision.conv1", "vision.layer1.0.conv2", "vision.layer4.0.downsample.0"} <= convs
+    assert {"language.model.encoder.layers.0.self_attn.q_proj", "language.model.decoder.layers.0.fc2"} <= set(adapted)
+    assert "language.lm_head" not in adapted
+    model.train()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(m.training for m in norms)
+    loss = model(**batch(bundle.tokenizer)).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert any("vision.conv1.lora_A" in n for n in grads) and any("lora_magnitude_vector" in n for n in grads)
+
+
+def test_short_run_learns_and_writes_a_peft_adapter(shapes_data, tmp_path):
+    from vlft.train.run import train
+
+    cfg = tiny_config_dict(shapes_data, tmp_path / "run", max_steps=40, per_device_batch_size=8, lr=5e-3,
+                           logging_steps=5, save_steps=40)
+    cfg["model"] = {"family": "vl_bart", "name_or_path": "tiny", "tiny": vars(TINY)}
+    result = train(config_from_dict(cfg))
+    state = json.loads((tmp_path / "run" / "checkpoint-40" / "trainer_state.json").read_text())
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    assert result.metrics["global_step"] == 40 and len(losses) >= 8
+    assert losses[-1] < 0.6 * losses[0]
+    assert result.metrics["eval"]["eval_num_questions"] == 24
+    assert json.loads((tmp_path / "run" / "adapter_config.json").read_text())["use_dora"] is True
+
+
+def test_a_padded_second_image_changes_nothing_and_a_real_one_does(tmp_path):
+    """NLVR2-style pairs: a one-image record batched with a two-image one (padded, masked) gets the
+    logits it gets alone; the second image's place embedding lets the model tell left from right."""
+    bundle = vl_bart.load(ModelConfig(family="vl_bart"), str(vl_bart.build_tiny(TINY, TEXTS, tmp_path)))
+    model = bundle.model.eval()
+    torch.nn.init.normal_(model.projector.image_index.weight)  # as after training
+    single = batch(bundle.tokenizer)
+    pixels = torch.stack([torch.stack([single["pixel_values"][0], torch.zeros(3, 64, 64)]),
+                          torch.randn(2, 3, 64, 64)])
+    pair = {"input_ids": single["input_ids"].repeat(2, 1), "attention_mask": single["attention_mask"].repeat(2, 1),
+            "labels": single["labels"].repeat(2, 1), "pixel_values": pixels,
+            "image_mask": torch.tensor([[1, 0], [1, 1]])}
+    alone = model(**single).logits
+    torch.testing.assert_close(model(**pair).logits[:1], alone, rtol=1e-5, atol=1e-5)
+    # the same image in the second place instead of the first: its tokens shift by the place embeddings
+    embeds, _ = model.encoder_inputs(pair["input_ids"], pair["attention_mask"], pixels, pair["image_mask"])
+    swapped, _ = model.encoder_inputs(pair["input_ids"], pair["attention_mask"], pixels.flip(1), pair["image_mask"])
+    cells = 4
+    place = model.projector.image_index.weight
+    torch.testing.assert_close(embeds[1, cells:2 * cells] - swapped[1, :cells],
+                               (place[1] - place[0]).expand(cells, -1), rtol=1e-5, atol=1e-5)
+
+
+def test_records_of_several_files_and_tasks_mix_in_one_dataset(tmp_path, shapes_data):
+    from vlft.data.seq2seq import QuestionAnswerDataset, Seq2SeqCollator
+
+    bundle = vl_bart.load(ModelConfig(family="vl_bart"), str(vl_bart.build_tiny(TINY, TEXTS, tmp_path / "m")))
+    records = json.loads(shapes_data["train"].read_text())[:2]
+    image = records[0]["image"]
+    pair = {"id": "pair", "task": "nlvr2", "image": [image, records[1]["image"]],
+            "conversations": [{"from": "human", "value": "<image>\n<image>\nboth are red"},
+                              {"from": "gpt", "value": "false"}]}
+    second = tmp_path / "nlvr2.jsonl"
+    second.write_text(json.dumps(pair) + "\n" + json.dumps({**pair, "id": "bad", "image": [image, "gone.png"]}))
+    dataset = QuestionAnswerDataset([str(shapes_data["train"]), str(second)], bundle,
+                                    str(shapes_data["images"]), max_length=32, on_error="skip")
+    assert dataset.skips.counts() == {"missing_image": 1}
+    assert f"{second} line 2 (id bad)" in str(dataset.skips.records["missing_image"])
+    examples = [dataset[i] for i in range(len(dataset))]
+    assert [len(e["pixel_values"]) for e in examples].count(2) == 1
+    nlvr = next(e for e in examples if len(e["pixel_values"]) == 2)
+    assert bundle.tokenizer.decode(nlvr["input_ids"][1:3]) == "nlvr :"
+    collated = Seq2SeqCollator(bundle.tokenizer.pad_token_id)([examples[0], nlvr])
+    assert collated["pixel_values"].shape[:2] == (2, 2) and collated["image_mask"].tolist() == [[1, 0], [1, 1]]

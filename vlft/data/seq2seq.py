@@ -1,0 +1,124 @@
+"""Image-text tasks for encoder-decoder models (VL-BART): one example per question of a conversation record.
+
+Source: ``<s> <task prefix> <question> </s>`` (the `<image>` placeholders removed: images enter as
+features), the prefix set by the record's ``task`` as in VL-T5's multitask training; target:
+``<answer> </s>``. Evaluation examples are each record's last question, with its references.
+A record may hold several images (NLVR2's pair); a batch pads them to its largest count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vlft.data.conversation import IGNORE_INDEX
+from vlft.data.dataset import _RecordDataset
+from vlft.data.records import IMAGE_PLACEHOLDER, ROLES, DataError, image_paths, references
+from vlft.models.base import ModelBundle
+
+TASK_PREFIX = {"vqa": "vqa: ", "gqa": "gqa: ", "nlvr2": "nlvr: ", "caption": "caption: "}
+MAX_IMAGES = 2
+
+
+def question_answer_pairs(record: dict) -> list[tuple[str, str]]:
+    turns = record["conversations"]
+    return [(turns[i]["value"].replace(IMAGE_PLACEHOLDER, " ").strip(), turns[i + 1]["value"])
+            for i in range(len(turns) - 1)
+            if ROLES[turns[i]["from"]] == "user" and ROLES[turns[i + 1]["from"]] == "assistant"]
+
+
+class QuestionAnswerDataset(_RecordDataset):
+    """Every (question, answer) pair for training; with ``for_eval`` each record's last question."""
+
+    max_images = MAX_IMAGES
+
+    def __init__(self, path: str | Path, bundle: ModelBundle, image_folder: str, max_length: int,
+                 max_samples: int | None = None, on_error: str = "raise", for_eval: bool = False):
+        super().__init__(path, bundle, image_folder, max_samples, on_error)
+        self.max_length, self.for_eval = max_length, for_eval
+        self.examples = []  # (record index, question, answer)
+        for index, record in enumerate(self.records):
+            pairs = question_answer_pairs(record)
+            if for_eval:
+                question = record["conversations"][-2 if pairs else -1]["value"]
+                pairs = [(question.replace(IMAGE_PLACEHOLDER, " ").strip(), None)]
+            self.examples += [(index, q, a) for q, a in pairs]
+
+    def check(self, record: dict, where: str) -> None:
+        if not record.get("image"):
+            raise DataError(f"{where}: VL-BART needs an image per record (field 'image')", where=where)
+        super().check(record, where)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def where(self, index: int) -> str:
+        record_index = self.examples[index][0]
+        return self._where(self.positions[record_index], self.records[record_index])
+
+    def _ids(self, text: str) -> list[int]:
+        return self.bundle.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def item(self, index: int) -> dict:
+        record_index, question, answer = self.examples[index]
+        record, tok = self.records[record_index], self.bundle.tokenizer
+        prefix = TASK_PREFIX[record.get("task", "vqa")]
+        source = [tok.bos_token_id, *self._ids(prefix + question)][: self.max_length - 1]
+        item = {"input_ids": torch.tensor([*source, tok.eos_token_id])}
+        if self.for_eval:
+            item.update(index=record_index, references=references(record))
+        else:
+            item["labels"] = torch.tensor([*self._ids(answer), tok.eos_token_id])
+        return {**item, "pixel_values": self.pixel_values(record_index)}
+
+    def pixel_values(self, record_index: int) -> torch.Tensor:
+        """(images, C, H, W) of one record."""
+        from vlft.data.dataset import load_image
+
+        record = self.records[record_index]
+        where = self._where(self.positions[record_index], record)
+        return torch.stack([self.bundle.image_processor(load_image(self.image_folder, path, where),
+                                                        return_tensors="pt")["pixel_values"][0]
+                            for path in image_paths(record)])
+
+
+def _pad(sequences: list[torch.Tensor], value: int) -> torch.Tensor:
+    out = torch.full((len(sequences), max(len(s) for s in sequences)), value, dtype=sequences[0].dtype)
+    for row, seq in enumerate(sequences):
+        out[row, : len(seq)] = seq
+    return out
+
+
+def _pad_images(stacks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, most images, C, H, W) pixel values and the (B, most images) mask of real ones."""
+    most = max(len(s) for s in stacks)
+    pixels = stacks[0].new_zeros((len(stacks), most, *stacks[0].shape[1:]))
+    mask = torch.zeros(len(stacks), most, dtype=torch.long)
+    for row, stack in enumerate(stacks):
+        pixels[row, : len(stack)], mask[row, : len(stack)] = stack, 1
+    return pixels, mask
+
+
+class Seq2SeqCollator:
+    """Right-pads sources, targets and image lists (masks cover the padding); drops skipped records."""
+
+    def __init__(self, pad_token_id: int, for_generation: bool = False):
+        self.pad_token_id, self.for_generation = pad_token_id, for_generation
+
+    def __call__(self, items: list[dict]) -> dict:
+        skipped = [it["skipped"] for it in items if "skipped" in it]
+        items = [it for it in items if "skipped" not in it]
+        if not items:
+            raise DataError(f"every example of a batch failed to load, e.g. {skipped[0][2]}", reason=None)
+        batch = {"input_ids": _pad([it["input_ids"] for it in items], self.pad_token_id),
+                 "attention_mask": _pad([torch.ones_like(it["input_ids"]) for it in items], 0)}
+        batch["pixel_values"], batch["image_mask"] = _pad_images([it["pixel_values"] for it in items])
+        if "labels" in items[0]:
+            batch["labels"] = _pad([it["labels"] for it in items], IGNORE_INDEX)
+        if self.for_generation:
+            batch["index"] = [it["index"] for it in items]
+            batch["references"] = [it["references"] for it in items]
+        if skipped:
+            batch["skipped"] = skipped
+        return batch
