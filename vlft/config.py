@@ -88,6 +88,8 @@ class DataConfig:
     eval: str | list[str] | None = _help("Eval records, same format (references: `answers`, else the last gpt "
                                          "turn); each record is scored by its `task` (default vqa).", None)
     image_folder: str = _help("Directory that record `image` paths are relative to.", ".")
+    features: str | None = _help("vl_bart: a directory of visual features pre-extracted by "
+                                 "data_prep/extract_clip_features.py, read instead of images (vision frozen).", None)
     max_length: int = _help("Maximum tokens per example, image tokens included.", 2048)
     num_workers: int = _help("DataLoader worker processes.", 0)
     system_prompt: str = _help("Text placed before the first user turn.", "")

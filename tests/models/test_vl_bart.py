@@ -3,12 +3,15 @@ ResNet's Conv2d layers and BART's Linear layers (tied lm_head left alone), froze
 and a short end-to-end run."""
 
 import json
+from pathlib import Path
 
+import pytest
 import torch
 
 from tests.conftest import tiny_config_dict
 from vlft.adapters import apply_adapters
-from vlft.config import AdaptersConfig, ModelConfig, TinyModelConfig, config_from_dict
+from vlft.config import AdaptersConfig, ConfigError, ModelConfig, TinyModelConfig, config_from_dict
+from vlft.data.records import DataError
 from vlft.models import vl_bart
 
 TINY = TinyModelConfig(image_size=64, vision_hidden_size=32, text_hidden_size=32, text_layers=1, num_heads=2)
@@ -112,3 +115,48 @@ def test_records_of_several_files_and_tasks_mix_in_one_dataset(tmp_path, shapes_
     assert bundle.tokenizer.decode(nlvr["input_ids"][1:3]) == "nlvr :"
     collated = Seq2SeqCollator(bundle.tokenizer.pad_token_id)([examples[0], nlvr])
     assert collated["pixel_values"].shape[:2] == (2, 2) and collated["image_mask"].tolist() == [[1, 0], [1, 1]]
+
+
+def test_pre_extracted_features_give_the_logits_of_the_vision_tower(tmp_path, shapes_data):
+    """data_prep/extract_clip_features.py on a run's config, then training examples read from the store:
+    the same logits as from the images; a store that misses an image is named; vision must be frozen."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from vlft.data.seq2seq import QuestionAnswerDataset, Seq2SeqCollator
+    from vlft.models import vl_bart as family
+    from vlft.train.preflight import check_paths
+    from vlft.train.run import model_path
+
+    cfg_dict = tiny_config_dict(shapes_data, tmp_path / "run")
+    cfg_dict["model"] = {"family": "vl_bart", "name_or_path": "tiny", "tiny": vars(TINY)}
+    cfg_dict["adapters"]["vision"] = "frozen"
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(cfg_dict))
+    features = tmp_path / "features"
+    script = Path(__file__).resolve().parents[2] / "data_prep" / "extract_clip_features.py"
+    subprocess.run([sys.executable, str(script), str(config_path), "--out", str(features),
+                    "--dtype", "float32", "--batch-size", "5", "--shard-size", "4"], check=True, capture_output=True)
+    assert len(list(features.glob("features-*.safetensors"))) == 3  # 12 images, 4 per shard
+
+    cfg = config_from_dict({**cfg_dict, "data": {**cfg_dict["data"], "features": str(features)}})
+    check_paths(cfg)
+    bundle = family.load_for_run(cfg, model_path(cfg))
+    from_store = family.train_dataset(cfg, bundle)
+    from_images = QuestionAnswerDataset(cfg.data.train, bundle, cfg.data.image_folder, cfg.data.max_length)
+    collate = Seq2SeqCollator(bundle.tokenizer.pad_token_id)
+    stored, pixels = collate([from_store[0], from_store[3]]), collate([from_images[0], from_images[3]])
+    assert stored["visual_features"].shape == (2, 1, 4, TINY.vision_hidden_size // 4 * 32)
+    model = bundle.model.eval()
+    torch.testing.assert_close(model(**stored).logits, model(**pixels).logits, rtol=1e-5, atol=1e-5)
+
+    index = json.loads((features / "index.json").read_text())
+    index.pop("0.png")
+    (features / "index.json").write_text(json.dumps(index))
+    with pytest.raises(DataError, match=r"record 0 \(id train-0\): no pre-extracted features for image 0.png"):
+        family.train_dataset(cfg, bundle)
+    cfg.adapters.vision = "dora"
+    with pytest.raises(ConfigError, match="pre-extracted features stand for a frozen vision tower"):
+        check_paths(cfg)

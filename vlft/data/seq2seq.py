@@ -14,6 +14,7 @@ import torch
 
 from vlft.data.conversation import IGNORE_INDEX
 from vlft.data.dataset import _RecordDataset
+from vlft.data.features import FeatureStore
 from vlft.data.records import IMAGE_PLACEHOLDER, ROLES, DataError, image_paths, references
 from vlft.models.base import ModelBundle
 
@@ -33,8 +34,10 @@ class QuestionAnswerDataset(_RecordDataset):
 
     max_images = MAX_IMAGES
 
-    def __init__(self, path: str | Path, bundle: ModelBundle, image_folder: str, max_length: int,
-                 max_samples: int | None = None, on_error: str = "raise", for_eval: bool = False):
+    def __init__(self, path: str | Path | list, bundle: ModelBundle, image_folder: str, max_length: int,
+                 max_samples: int | None = None, on_error: str = "raise", for_eval: bool = False,
+                 features: FeatureStore | None = None):
+        self.features = features  # pre-extracted visual features instead of images
         super().__init__(path, bundle, image_folder, max_samples, on_error)
         self.max_length, self.for_eval = max_length, for_eval
         self.examples = []  # (record index, question, answer)
@@ -48,7 +51,15 @@ class QuestionAnswerDataset(_RecordDataset):
     def check(self, record: dict, where: str) -> None:
         if not record.get("image"):
             raise DataError(f"{where}: VL-BART needs an image per record (field 'image')", where=where)
-        super().check(record, where)
+        if self.features is None:
+            return super().check(record, where)
+        if len(image_paths(record)) > self.max_images:
+            raise DataError(f"{where}: {len(image_paths(record))} images in one record; VL-BART takes at most "
+                            f"{self.max_images}", reason="image_count_mismatch", where=where)
+        for image in image_paths(record):
+            if image not in self.features:
+                raise DataError(f"{where}: no pre-extracted features for image {image} in "
+                                f"{self.features.directory}", reason="missing_image", where=where)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -70,17 +81,19 @@ class QuestionAnswerDataset(_RecordDataset):
             item.update(index=record_index, references=references(record))
         else:
             item["labels"] = torch.tensor([*self._ids(answer), tok.eos_token_id])
-        return {**item, "pixel_values": self.pixel_values(record_index)}
+        return {**item, **self.visual_inputs(record_index)}
 
-    def pixel_values(self, record_index: int) -> torch.Tensor:
-        """(images, C, H, W) of one record."""
+    def visual_inputs(self, record_index: int) -> dict[str, torch.Tensor]:
+        """pixel_values (images, C, H, W) of one record, or its visual_features (images, cells, channels)."""
         from vlft.data.dataset import load_image
 
         record = self.records[record_index]
         where = self._where(self.positions[record_index], record)
-        return torch.stack([self.bundle.image_processor(load_image(self.image_folder, path, where),
+        if self.features is not None:
+            return {"visual_features": torch.stack([self.features.get(path, where) for path in image_paths(record)])}
+        return {"pixel_values": torch.stack([self.bundle.image_processor(load_image(self.image_folder, path, where),
                                                         return_tensors="pt")["pixel_values"][0]
-                            for path in image_paths(record)])
+                            for path in image_paths(record)])}
 
 
 def _pad(sequences: list[torch.Tensor], value: int) -> torch.Tensor:
@@ -91,7 +104,7 @@ def _pad(sequences: list[torch.Tensor], value: int) -> torch.Tensor:
 
 
 def _pad_images(stacks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, most images, C, H, W) pixel values and the (B, most images) mask of real ones."""
+    """(B, most images, ...) pixel values or features, and the (B, most images) mask of real ones."""
     most = max(len(s) for s in stacks)
     pixels = stacks[0].new_zeros((len(stacks), most, *stacks[0].shape[1:]))
     mask = torch.zeros(len(stacks), most, dtype=torch.long)
@@ -113,7 +126,8 @@ class Seq2SeqCollator:
             raise DataError(f"every example of a batch failed to load, e.g. {skipped[0][2]}", reason=None)
         batch = {"input_ids": _pad([it["input_ids"] for it in items], self.pad_token_id),
                  "attention_mask": _pad([torch.ones_like(it["input_ids"]) for it in items], 0)}
-        batch["pixel_values"], batch["image_mask"] = _pad_images([it["pixel_values"] for it in items])
+        visual = "visual_features" if "visual_features" in items[0] else "pixel_values"
+        batch[visual], batch["image_mask"] = _pad_images([it[visual] for it in items])
         if "labels" in items[0]:
             batch["labels"] = _pad([it["labels"] for it in items], IGNORE_INDEX)
         if self.for_generation:

@@ -9,7 +9,7 @@ from pathlib import Path
 from vlft.config import RunConfig
 from vlft.data.conversation import encode_conversation
 from vlft.data.dataset import ConversationDataset, load_image
-from vlft.data.records import DataError
+from vlft.data.records import DataError, image_paths
 from vlft.data.skips import SkipLog
 from vlft.models import ModelBundle, get_family
 from vlft.train.preflight import TINY, check_paths
@@ -21,10 +21,10 @@ def data_bundle(cfg: RunConfig, workdir: str) -> ModelBundle:
     lenient = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, on_error="skip"))
     if cfg.model.name_or_path != TINY:
         return family.load_for_run(lenient, cfg.model.name_or_path, with_model=False)
-    from vlft.train.run import tiny_base_dir
+    from vlft.train.run import BUILT_MARKER, tiny_base_dir
 
     base = tiny_base_dir(cfg)
-    if not (base / "config.json").is_file():  # not trained yet: build the same tiny model aside
+    if not (base / BUILT_MARKER).is_file():  # not trained yet: build the same tiny model aside
         base = family.build_tiny_for_run(lenient, Path(workdir) / "tiny")
     return family.load_for_run(lenient, str(base), with_model=False)
 
@@ -33,10 +33,9 @@ def _check_records(dataset, encode: bool) -> None:
     """What loading finds only when it reads a record: unreadable images, text that cuts the image."""
     image_errors: dict[str, str | None] = {}  # image path -> error, each image decoded once
     for index, record in enumerate(dataset.records):
-        where = dataset.where(index)
+        where = dataset._where(dataset.positions[index], record)  # by record (seq2seq sets count questions)
         try:
-            image = record.get("image")
-            if image:
+            for image in image_paths(record) if getattr(dataset, "features", None) is None else []:
                 if image not in image_errors:
                     try:
                         load_image(dataset.image_folder, image, where)

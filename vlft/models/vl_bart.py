@@ -79,18 +79,22 @@ class VLBart(nn.Module):
                 module.eval()
         return self
 
-    def encoder_inputs(self, input_ids, attention_mask, pixel_values, image_mask=None):
+    def encoder_inputs(self, input_ids, attention_mask, pixel_values=None, image_mask=None, visual_features=None):
         """Visual tokens of every image, then the text. pixel_values: (B, C, H, W) or, with several
-        images per record, (B, images, C, H, W) with image_mask (B, images) marking the real ones."""
-        if pixel_values.dim() == 4:
-            pixel_values = pixel_values.unsqueeze(1)
-        batch, images = pixel_values.shape[:2]
+        images per record, (B, images, C, H, W) with image_mask (B, images) marking the real ones;
+        or visual_features (B, images, cells, channels), pre-extracted by the same vision tower."""
+        if visual_features is None:
+            if pixel_values.dim() == 4:
+                pixel_values = pixel_values.unsqueeze(1)
+            batch, images = pixel_values.shape[:2]
+            cells = grid_features(self.vision, pixel_values.flatten(0, 1))
+            visual_features = cells.unflatten(0, (batch, images))
+        batch, images = visual_features.shape[:2]
         if image_mask is None:
             image_mask = attention_mask.new_ones(batch, images)
-        features = grid_features(self.vision, pixel_values.flatten(0, 1))
-        visual = self.projector(features.unflatten(0, (batch, images)))
+        visual = self.projector(visual_features.to(self.projector.linear.weight.dtype))
         text = self.language.get_encoder().embed_tokens(input_ids)
-        visual_mask = image_mask.to(attention_mask.dtype).repeat_interleave(features.shape[1], dim=1)
+        visual_mask = image_mask.to(attention_mask.dtype).repeat_interleave(visual_features.shape[2], dim=1)
         mask = torch.cat([visual_mask, attention_mask], dim=1)
         embeds = torch.cat([visual.to(text.dtype), text], dim=1)
         if bool((mask == 0).any()):  # padding last, real tokens in order: BART's positions as if unpadded
@@ -99,13 +103,15 @@ class VLBart(nn.Module):
             mask = mask.gather(1, order)
         return embeds, mask
 
-    def forward(self, input_ids, attention_mask, pixel_values, labels=None, image_mask=None, **_):
-        embeds, mask = self.encoder_inputs(input_ids, attention_mask, pixel_values, image_mask)
+    def forward(self, input_ids, attention_mask, pixel_values=None, labels=None, image_mask=None,
+                visual_features=None, **_):
+        embeds, mask = self.encoder_inputs(input_ids, attention_mask, pixel_values, image_mask, visual_features)
         return self.language(inputs_embeds=embeds, attention_mask=mask, labels=labels)
 
     @torch.no_grad()
-    def generate(self, input_ids, attention_mask, pixel_values, image_mask=None, **kwargs):
-        embeds, mask = self.encoder_inputs(input_ids, attention_mask, pixel_values, image_mask)
+    def generate(self, input_ids, attention_mask, pixel_values=None, image_mask=None, visual_features=None,
+                 **kwargs):
+        embeds, mask = self.encoder_inputs(input_ids, attention_mask, pixel_values, image_mask, visual_features)
         return self.language.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
 
 
@@ -206,18 +212,26 @@ def load_for_run(cfg, path: str, with_model: bool = True) -> ModelBundle:
     return load(cfg.model, path, with_model)
 
 
+def feature_store(cfg):
+    """data.features: visual features pre-extracted by data_prep/extract_clip_features.py, or None."""
+    from vlft.data.features import FeatureStore
+
+    return FeatureStore(cfg.data.features) if cfg.data.features else None
+
+
 def train_dataset(cfg, bundle: ModelBundle, on_error: str | None = None):
     from vlft.data.seq2seq import QuestionAnswerDataset
 
     return QuestionAnswerDataset(cfg.data.train, bundle, cfg.data.image_folder, cfg.data.max_length,
-                                 on_error=on_error or cfg.data.on_error)
+                                 on_error=on_error or cfg.data.on_error, features=feature_store(cfg))
 
 
 def eval_dataset(cfg, bundle: ModelBundle, on_error: str | None = None):
     from vlft.data.seq2seq import QuestionAnswerDataset
 
     return QuestionAnswerDataset(cfg.data.eval, bundle, cfg.data.image_folder, cfg.data.max_length,
-                                 cfg.eval.max_samples, on_error=on_error or cfg.data.on_error, for_eval=True)
+                                 cfg.eval.max_samples, on_error=on_error or cfg.data.on_error, for_eval=True,
+                                 features=feature_store(cfg))
 
 
 def collator(bundle: ModelBundle):

@@ -17,6 +17,20 @@ def _looks_like_path(name: str) -> bool:
 
 
 FAMILY_METRICS = {"llava": "vqa", "vl_bart": "vqa", "vit": "top1"}
+# what marks a saved model directory: a vlft VL-BART, or a BART to pair with model.vision_tower
+CONFIG_FILES = {"vl_bart": ("vl_bart.json", "config.json")}
+
+
+def _check_features(cfg: RunConfig, source: str) -> None:
+    if cfg.model.family != "vl_bart":
+        raise ConfigError(f"{source}: data.features: pre-extracted features are read by the vl_bart family, "
+                          f"not {cfg.model.family}")
+    if cfg.adapters.vision != "frozen":
+        raise ConfigError(f"{source}: data.features: pre-extracted features stand for a frozen vision tower; "
+                          f"set adapters.vision: frozen (it is {cfg.adapters.vision}) or drop data.features")
+    if not (Path(cfg.data.features) / "index.json").is_file():
+        raise ConfigError(f"{source}: data.features: {cfg.data.features} has no index.json (write it with "
+                          "data_prep/extract_clip_features.py)")
 
 
 def check_paths(cfg: RunConfig, source: str = "config") -> None:
@@ -31,13 +45,16 @@ def check_paths(cfg: RunConfig, source: str = "config") -> None:
         for path in data_files(paths):
             if not Path(path).is_file():
                 raise ConfigError(f"{source}: {key}: file not found: {path}")
-    if not Path(data.image_folder).is_dir():
+    if data.features is not None:
+        _check_features(cfg, source)
+    elif not Path(data.image_folder).is_dir():
         raise ConfigError(f"{source}: data.image_folder: directory not found: {data.image_folder}")
     name = cfg.model.name_or_path
     if name != TINY:
         local = Path(name).expanduser()
-        if local.exists() and not (local / "config.json").is_file():
-            raise ConfigError(f"{source}: model.name_or_path: {name} has no config.json (not a saved model)")
+        marks = CONFIG_FILES.get(cfg.model.family, ("config.json",))
+        if local.exists() and not any((local / mark).is_file() for mark in marks):
+            raise ConfigError(f"{source}: model.name_or_path: {name} has no {' or '.join(marks)} (not a saved model)")
         if not local.exists() and _looks_like_path(name):
             raise ConfigError(f"{source}: model.name_or_path: directory not found: {name}")
     if cfg.training.deepspeed:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,15 +72,20 @@ def zero3_init_paused():
             hf_deepspeed.set_hf_deepspeed_config(config)
 
 
-def model_path(cfg: RunConfig, args: TrainingArguments) -> str:
+BUILT_MARKER = ".vlft-tiny-complete"  # written last: a build cut short is redone
+
+
+def model_path(cfg: RunConfig, args: TrainingArguments | None = None) -> str:
     """The checkpoint named in the config; `tiny` is first built and saved into the run directory."""
     if cfg.model.name_or_path != TINY:
         return cfg.model.name_or_path
     base = tiny_base_dir(cfg)
-    with args.main_process_first(desc="build tiny base model", local=False):
-        if not (base / "config.json").is_file():
+    first = args.main_process_first(desc="build tiny base model", local=False) if args else nullcontext()
+    with first:
+        if not (base / BUILT_MARKER).is_file():
             with zero3_init_paused():
                 get_family(cfg.model.family).build_tiny_for_run(cfg, base)
+            (base / BUILT_MARKER).write_text("")
     return str(base)
 
 
