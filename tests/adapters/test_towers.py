@@ -84,3 +84,16 @@ def test_regex_escape_hatch(tiny_llava):
                                                                 target_regex=r".*language_model.*\.(q_proj|v_proj)"))
     wrapped = {n.rsplit(".", 2)[0] for n, _ in model.named_parameters() if "lora_A" in n}
     assert wrapped and all(n.endswith(("q_proj.lora_A", "v_proj.lora_A")) for n in wrapped)
+
+
+def test_linear_layers_inside_multihead_attention_are_left_out():
+    """nn.MultiheadAttention (open_clip's ViT blocks) reads out_proj.weight itself: a wrapper there would
+    never run, so the tower adapts the block's other layers and not out_proj."""
+    block = nn.Module()
+    block.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+    block.mlp = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16))
+    model = nn.Module()
+    model.vision = nn.Sequential(nn.Conv2d(3, 16, 4, 4), block)
+    targets = resolve_tower_targets(model, {"vision": ("vision",)},
+                                    AdaptersConfig(language="frozen", vision="dora", projector="frozen"))
+    assert targets.adapted == ["vision.0", "vision.1.mlp.0", "vision.1.mlp.2"]

@@ -42,6 +42,13 @@ def _tower_prefix(model: nn.Module, prefixes: tuple[str, ...]) -> str | None:
     return next((p for p in prefixes if p in names), None)
 
 
+def _multihead_attention_parts(model: nn.Module) -> set[str]:
+    """Linear modules inside nn.MultiheadAttention (e.g. open_clip's ViT): it reads their weights directly,
+    so a LoRA/DoRA wrapper there would never run; they are left out (the rest of the tower is adapted)."""
+    return {f"{name}.{child}" for name, module in model.named_modules()
+            if isinstance(module, nn.MultiheadAttention) for child, _ in module.named_modules() if child}
+
+
 def resolve_tower_targets(model: nn.Module, towers: dict[str, tuple[str, ...]], cfg: AdaptersConfig) -> TowerTargets:
     """Map each tower's method to concrete module names.
 
@@ -62,8 +69,9 @@ def resolve_tower_targets(model: nn.Module, towers: dict[str, tuple[str, ...]], 
             targets.full.append(prefix)
             continue
         adapted_methods.add(method)
+        inside_attention = _multihead_attention_parts(model)
         for name, module in model.named_modules():
-            if name.startswith(prefix + ".") and isinstance(module, ADAPTABLE_TYPES):
+            if name.startswith(prefix + ".") and isinstance(module, ADAPTABLE_TYPES) and name not in inside_attention:
                 targets.adapted.append(name)
     if len(adapted_methods) > 1:
         raise ValueError("adapters: one run uses either lora or dora on its adapted towers, not both "
