@@ -72,3 +72,25 @@ def test_classification_run_reports_top1_and_writes_predictions(shape_files, tmp
     assert len(rows) == 24 and {r["prediction"] for r in rows} <= {"circle", "rectangle"}
     assert (tmp_path / "run" / "adapter_model.safetensors").is_file()
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]["family"] == "vit"
+
+
+@pytest.mark.integration
+def test_vit_trains_under_deepspeed_zero2_with_two_ranks(shape_files, tmp_path):
+    """The Trainer's DeepSpeed integration sizes ZeRO's "auto" buckets from the model's config."""
+    import shutil
+    import subprocess
+
+    from tests.conftest import REPO
+
+    cfg = {"model": {"family": "vit", "name_or_path": "tiny", "tiny": vars(TINY)},
+           "adapters": {"language": "frozen", "vision": "dora", "projector": "frozen", "r": 4, "alpha": 8},
+           "data": {"train": str(shape_files / "train.jsonl"), "image_folder": str(shape_files / "images")},
+           "training": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "per_device_batch_size": 4,
+                        "save_steps": 100, "deepspeed": str(REPO / "configs" / "deepspeed" / "zero2.json")}}
+    config = tmp_path / "vit.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    cmd = [shutil.which("deepspeed"), "--num_gpus", "2", "--master_port", "29951", "scripts/train.py", str(config)]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["global_step"] == 2

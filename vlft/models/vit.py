@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from timm.data import create_transform, resolve_data_config
 from torch import nn
+from transformers import PretrainedConfig
 
 from vlft.config import ModelConfig, RunConfig, TinyModelConfig
 from vlft.models.base import ModelBundle, ModelLoadError
@@ -36,6 +37,8 @@ class ImageClassifier(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(encoder.num_features, num_classes)
+        # What the Trainer's DeepSpeed integration reads to size its "auto" buckets.
+        self.config = PretrainedConfig(hidden_size=encoder.num_features)
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **_) -> dict:
         logits = self.head(self.encoder(pixel_values))
