@@ -22,6 +22,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 
 
@@ -113,7 +115,7 @@ def caption_records(facts: dict[int, dict[str, str]], split: str) -> list[dict]:
 
 def copy_images(paths: dict[int, str], dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    for image_id, src in paths.items():
+    for image_id, src in tqdm(paths.items(), desc=f"images -> {dest}", unit="img"):
         target = dest / f"{image_id}.png"
         if not target.exists():
             shutil.copyfile(src, target)

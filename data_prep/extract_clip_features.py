@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -26,7 +27,7 @@ from vlft.data.dataset import load_image  # noqa: E402
 from vlft.data.features import write_features  # noqa: E402
 from vlft.data.records import data_files, image_paths, read_records  # noqa: E402
 from vlft.models import get_family  # noqa: E402
-from vlft.models.vl_bart import grid_features  # noqa: E402
+from vlft.models.vl_bart_modeling import grid_features  # noqa: E402
 from vlft.train.run import model_path  # noqa: E402
 
 
@@ -44,13 +45,12 @@ def extract(cfg, images: list[str], batch_size: int, dtype: torch.dtype):
     """(image, features) pairs from the run's vision tower, in batches."""
     bundle = get_family("vl_bart").load_for_run(cfg, model_path(cfg))
     vision = bundle.model.vision.eval()
-    for start in range(0, len(images), batch_size):
+    for start in tqdm(range(0, len(images), batch_size), desc="extract", unit="batch"):
         names = images[start:start + batch_size]
         pixels = torch.stack([bundle.image_processor(load_image(cfg.data.image_folder, name, f"image {name}"),
                                                      return_tensors="pt")["pixel_values"][0] for name in names])
         cells = grid_features(vision, pixels.to(next(vision.parameters()).dtype))
         yield from zip(names, cells.to(dtype), strict=True)
-        print(f"{min(start + batch_size, len(images))}/{len(images)} images", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,20 +1,23 @@
-"""`vlft train | eval | score | config` -> thin calls into the library."""
+"""`vlft train | validate-data | eval | merge | analyze | compare | sweep | score | config` -> thin calls into
+the library."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from vlft.config import ConfigError, explain, load_config
 from vlft.data.records import DataError
 from vlft.eval.score import ScoreError
 from vlft.models.base import ModelLoadError
 from vlft.train.checkpoints import UnsafeCheckpoint
-from vlft.train.errors import NonFiniteLoss
+from vlft.train.errors import NonFiniteLoss, SweepRunFailed
 
 # Errors about the user's files and settings: one line, exit status 2, no traceback.
-USER_ERRORS = (DataError, ModelLoadError, ScoreError, FileNotFoundError, UnsafeCheckpoint)
+USER_ERRORS = (DataError, ModelLoadError, ScoreError, FileNotFoundError, FileExistsError, UnsafeCheckpoint,
+               SweepRunFailed)
 
 
 def _train(args) -> int:
@@ -58,6 +61,52 @@ def _eval(args) -> int:
     return 0
 
 
+def _merge(args) -> int:
+    from vlft.merge import merge_run
+
+    print(json.dumps(merge_run(args.run, args.out), indent=1))
+    return 0
+
+
+def _analyze(args) -> int:
+    from vlft.analyze import analyze_run, write_analysis
+
+    print(f"{'run':<28} {'method':<12} {'points':>6} {'slope dM/dD':>12} {'pearson r':>10}  plot")
+    for run in args.runs:
+        analysis = analyze_run(run, args.layers)
+        out = Path(args.out) / Path(run).name if args.out else Path(run)
+        paths = write_analysis(analysis, out)
+        fit = analysis.fit
+        print(f"{Path(run).name:<28} {analysis.method:<12} {fit['points']:>6} {fit['slope']:>12.4g} "
+              f"{fit['pearson_r']:>10.3f}  {paths['png']}")
+    return 0
+
+
+def _sweep(args) -> int:
+    import shlex
+
+    from vlft.sweep import run_sweep
+
+    overrides = list(args.overrides)
+    if args.methods:
+        overrides.append(f"sweep.methods=[{args.methods}]")
+    if args.ranks:
+        overrides.append(f"sweep.ranks=[{args.ranks}]")
+    if args.seeds:
+        overrides.append(f"sweep.seeds={args.seeds}")
+    paths = run_sweep(args.config, overrides, shlex.split(args.launcher or ""), analyze=not args.no_analyze)
+    print(paths["md"].read_text())
+    print("\n".join(f"{kind}: {path}" for kind, path in paths.items()))
+    return 0
+
+
+def _compare(args) -> int:
+    from vlft.compare import compare_runs
+
+    print(compare_runs(args.runs))
+    return 0
+
+
 def _score(args) -> int:
     if args.benchmark == "vqav2":
         from vlft.eval.score import score_vqav2
@@ -75,16 +124,35 @@ def _score(args) -> int:
     return 0
 
 
-def _explain(args) -> int:
+def config_key_table(values: dict | None = None) -> str:
+    """Every config key: type, default (and the value a given config sets), meaning."""
+    lines = []
     for key, type_name, default, text in explain():
-        print(f"{key:<36} {type_name:<28} {default:<24} {text}")
+        shown = default
+        if values is not None:
+            node = values
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            shown = f"{node!r}" + (" (default)" if repr(node) == default else "")
+        lines.append(f"{key:<36} {type_name:<28} {shown:<24} {text}")
+    return "\n".join(lines)
+
+
+def _explain(args) -> int:
+    values = None
+    if args.config:
+        from vlft.config import config_to_dict
+
+        values = config_to_dict(load_config(args.config))
+    print(config_key_table(values))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlft", description="Fine-tune vision-language models with DoRA.")
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train as a YAML config says")
+    train = sub.add_parser("train", help="train as a YAML config says", formatter_class=argparse.RawTextHelpFormatter,
+                           epilog="config keys (key, type, default, meaning):\n" + config_key_table())
     train.add_argument("config", help="YAML config (see configs/)")
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. training.lr=1e-4")
     train.add_argument("--dry-run", action="store_true", help="build on the meta device and print parameters only")
@@ -103,6 +171,34 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="where predictions.json and metrics.json go (default: the run directory)")
     ev.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     ev.set_defaults(func=_eval)
+
+    merge = sub.add_parser("merge", help="fold a run's adapters into the base model; write a standalone checkpoint")
+    merge.add_argument("run", help="run directory written by `vlft train`")
+    merge.add_argument("out", help="new directory for the merged model (the family's native format)")
+    merge.set_defaults(func=_merge)
+
+    analyze = sub.add_parser("analyze", help="the DoRA paper's weight-decomposition analysis (magnitude and "
+                                             "direction change per layer and checkpoint)")
+    analyze.add_argument("runs", nargs="+", help="run directories (their checkpoint-N and final weights)")
+    analyze.add_argument("--layers", help="regex on layer names, e.g. 'q_proj|v_proj' (default: every trained "
+                                          "Linear/Conv2d of the language and vision towers)")
+    analyze.add_argument("--out", help="write each run's CSV, JSON and PNG under OUT/<run name> (default: the run)")
+    analyze.set_defaults(func=_analyze)
+
+    compare = sub.add_parser("compare", help="a table of runs: method, rank, trainable share, time, memory, metrics")
+    compare.add_argument("runs", nargs="+", help="run directories")
+    compare.set_defaults(func=_compare)
+
+    sweep = sub.add_parser("sweep", help="full fine-tuning vs LoRA vs DoRA across ranks and seeds; a table and a plot")
+    sweep.add_argument("config", help="YAML config of one run; its sweep block may define the grid")
+    sweep.add_argument("overrides", nargs="*", help="key=value overrides for every run")
+    sweep.add_argument("--methods", help="comma-separated, e.g. full,lora,dora (default: sweep.methods)")
+    sweep.add_argument("--ranks", help="comma-separated, e.g. 4,8,16,32 (default: sweep.ranks)")
+    sweep.add_argument("--seeds", type=int, help="seeds per (method, rank) (default: sweep.seeds)")
+    sweep.add_argument("--launcher", help="run each training under this launcher, e.g. 'deepspeed --num_gpus 2' "
+                                          "(default: one process)")
+    sweep.add_argument("--no-analyze", action="store_true", help="skip the weight-decomposition analysis")
+    sweep.set_defaults(func=_sweep)
 
     score = sub.add_parser("score", help="score result files in official formats")
     score_sub = score.add_subparsers(dest="benchmark", required=True)
@@ -123,7 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="describe config keys")
     config_sub = config.add_subparsers(dest="action", required=True)
-    config_sub.add_parser("explain", help="every key with its type, default and meaning").set_defaults(func=_explain)
+    explain_parser = config_sub.add_parser("explain", help="every key with its type, default and meaning")
+    explain_parser.add_argument("config", nargs="?", help="also show the value this config gives each key")
+    explain_parser.set_defaults(func=_explain)
     return parser
 
 

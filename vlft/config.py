@@ -119,7 +119,8 @@ class TrainingConfig:
     eval_steps: int = _help("Evaluate every N steps (0: only at the end).", 0)
     resume: str | None = _help("`auto` (newest checkpoint in output_dir), a checkpoint path, or null.", None)
     deepspeed: str | None = _help("DeepSpeed JSON config (configs/deepspeed/zero{2,3,3_offload}.json).", None)
-    report_to: list[str] = _help("Trainer loggers (tensorboard, wandb, none).", default_factory=lambda: ["none"])
+    report_to: list[str] = _help("Trainer loggers (tensorboard, wandb, none); TensorBoard logs go to "
+                                 "output_dir/runs.", default_factory=lambda: ["tensorboard"])
 
 
 @dataclass
@@ -133,6 +134,22 @@ class EvalConfig:
 
 
 @dataclass
+class SweepConfig:
+    methods: list[Literal["full", "lora", "dora"]] = _help(
+        "`vlft sweep`: methods to compare; `full` trains the swept towers whole.",
+        default_factory=lambda: ["full", "lora", "dora"])
+    ranks: list[int] = _help("`vlft sweep`: LoRA/DoRA ranks (alpha keeps the config's alpha / r).",
+                             default_factory=lambda: [4, 8, 16, 32])
+    seeds: int = _help("`vlft sweep`: seeds per (method, rank): training.seed, training.seed + 1, ...", 3)
+    towers: list[Literal["language", "vision", "projector"]] | None = _help(
+        "`vlft sweep`: towers that take the method (null: the config's lora/dora towers).", None)
+    output_dir: str | None = _help("`vlft sweep`: where the run directories and tables go (null: "
+                                   "training.output_dir + '_sweep').", None)
+    method_overrides: dict[str, list[str]] = _help(
+        "`vlft sweep`: extra key=value overrides per method, e.g. {full: [training.lr=2e-4]}.", default_factory=dict)
+
+
+@dataclass
 class RunConfig:
     data: DataConfig = _help("Training and evaluation data.")
     training: TrainingConfig = _help("Optimisation, checkpoints, DeepSpeed.")
@@ -140,6 +157,7 @@ class RunConfig:
     adapters: AdaptersConfig = _help("Per-tower fine-tuning method and DoRA/LoRA hyper-parameters.",
                                      default_factory=AdaptersConfig)
     eval: EvalConfig = _help("Generation-based evaluation.", default_factory=EvalConfig)
+    sweep: SweepConfig = _help("The grid `vlft sweep` runs (ignored by `vlft train`).", default_factory=SweepConfig)
 
 
 # Names people bring from the transformers Trainer and peft, mapped to ours.
@@ -182,6 +200,12 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
             value = [value]
         (item_type,) = typing.get_args(annotation)
         return [_coerce(v, item_type, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' expects a mapping, got {type(value).__name__} {value!r}")
+        key_type, value_type = typing.get_args(annotation)
+        return {_coerce(k, key_type, f"{key} key", source): _coerce(v, value_type, f"{key}.{k}", source)
+                for k, v in value.items()}
     if dataclasses.is_dataclass(annotation):
         return _build(annotation, value, key, source)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
@@ -268,6 +292,7 @@ def explain(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
-        type_name = str(hints[f.name]).replace("typing.", "")
+        hint = hints[f.name]
+        type_name = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
         rows.append((key, type_name, repr(default), f.metadata.get("help", "")))
     return rows

@@ -13,6 +13,7 @@ from vlft.adapters import apply_adapters
 from vlft.config import AdaptersConfig, ConfigError, ModelConfig, TinyModelConfig, config_from_dict
 from vlft.data.records import DataError
 from vlft.models import vl_bart
+from vlft.models.vl_bart_modeling import grid_features
 
 TINY = TinyModelConfig(image_size=64, vision_hidden_size=32, text_hidden_size=32, text_layers=1, num_heads=2)
 TEXTS = ["what shape is this?", "circle", "rectangle", "what color is the shape?", "red"]
@@ -33,7 +34,7 @@ def test_tiny_vl_bart_round_trips_through_load(tmp_path):
     torch.testing.assert_close(first.model.eval()(**inputs).logits, again.model.eval()(**inputs).logits,
                                rtol=0, atol=0)
     # the image enters the encoder: 2x2 ResNet cells in front of the text
-    assert vl_bart.grid_features(first.model.vision, inputs["pixel_values"]).shape[1] == 4
+    assert grid_features(first.model.vision, inputs["pixel_values"]).shape[1] == 4
 
 
 def test_dora_reaches_resnet_conv2d_and_bart_linear_but_not_the_tied_head(tmp_path):

@@ -37,12 +37,12 @@ def tower_method(cfg: AdaptersConfig, tower: str, towers: dict[str, tuple[str, .
     return method
 
 
-def _tower_prefix(model: nn.Module, prefixes: tuple[str, ...]) -> str | None:
+def tower_prefix(model: nn.Module, prefixes: tuple[str, ...]) -> str | None:
     names = dict(model.named_modules())
     return next((p for p in prefixes if p in names), None)
 
 
-def _multihead_attention_parts(model: nn.Module) -> set[str]:
+def multihead_attention_parts(model: nn.Module) -> set[str]:
     """Linear modules inside nn.MultiheadAttention (e.g. open_clip's ViT): it reads their weights directly,
     so a LoRA/DoRA wrapper there would never run; they are left out (the rest of the tower is adapted)."""
     return {f"{name}.{child}" for name, module in model.named_modules()
@@ -62,14 +62,14 @@ def resolve_tower_targets(model: nn.Module, towers: dict[str, tuple[str, ...]], 
         method = tower_method(cfg, tower, towers)
         if method == "frozen":
             continue
-        prefix = _tower_prefix(model, towers.get(tower, ()))
+        prefix = tower_prefix(model, towers.get(tower, ()))
         if prefix is None:
             raise ValueError(f"adapters.{tower}: the model has no {tower} tower (looked for {towers.get(tower)})")
         if method == "full":
             targets.full.append(prefix)
             continue
         adapted_methods.add(method)
-        inside_attention = _multihead_attention_parts(model)
+        inside_attention = multihead_attention_parts(model)
         for name, module in model.named_modules():
             if name.startswith(prefix + ".") and isinstance(module, ADAPTABLE_TYPES) and name not in inside_attention:
                 targets.adapted.append(name)

@@ -17,9 +17,9 @@ from vlft.data.dataset import _RecordDataset
 from vlft.data.features import FeatureStore
 from vlft.data.records import IMAGE_PLACEHOLDER, ROLES, DataError, image_paths, references
 from vlft.models.base import ModelBundle
+from vlft.models.vl_bart_modeling import MAX_IMAGES
 
 TASK_PREFIX = {"vqa": "vqa: ", "gqa": "gqa: ", "nlvr2": "nlvr: ", "caption": "caption: "}
-MAX_IMAGES = 2
 
 
 def question_answer_pairs(record: dict) -> list[tuple[str, str]]:

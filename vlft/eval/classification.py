@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
 
 from vlft.config import RunConfig
 from vlft.data.classification import ImageLabelCollator, LabelledImageDataset
@@ -30,7 +31,8 @@ def predict_labels(model, dataset: LabelledImageDataset, batch_size: int, device
     model.eval()
     predicted: dict[int, int] = {}
     dtype = next(model.parameters()).dtype
-    for batch in DataLoader(shard, batch_size=batch_size, collate_fn=ImageLabelCollator()):
+    batches = DataLoader(shard, batch_size=batch_size, collate_fn=ImageLabelCollator())
+    for batch in tqdm(batches, desc="classify", disable=rank != 0):
         if dataset.skips is not None:
             dataset.skips.extend(batch.get("skipped", []))
         logits = model(pixel_values=batch["pixel_values"].to(device, dtype))["logits"]

@@ -9,25 +9,52 @@ import torch
 
 from vlft.adapters.dora import use_vlft_dora
 from vlft.config import RunConfig, load_config
-from vlft.eval.evaluator import evaluate_vqa
 from vlft.models import ModelBundle, get_family
+from vlft.train.preflight import TINY
 
 
-def load_trained(run_dir: str | Path, cfg: RunConfig) -> ModelBundle:
-    """The base checkpoint named in adapter_config.json with the run's adapter on top (or a full model)."""
+def base_checkpoint(run_dir: Path, cfg: RunConfig) -> str:
+    """The base model a run started from: adapter_config.json names it; a full run's config does."""
+    adapter_config = run_dir / "adapter_config.json"
+    named = json.loads(adapter_config.read_text()).get("base_model_name_or_path") if adapter_config.is_file() else None
+    if named:  # peft records it for transformers models (not for VL-BART and ViT)
+        return named
+    if cfg.model.name_or_path == TINY:
+        return str(run_dir.resolve() / "base_model")  # built there by the run
+    return cfg.model.name_or_path
+
+
+def load_weights_into(model: torch.nn.Module, weights_dir: Path) -> None:
+    """A full run's trained weights into the base model, every key checked. A transformers model was saved
+    with save_pretrained (its own key names on disk): it goes back through from_pretrained."""
+    from safetensors.torch import load_model
+    from transformers import PreTrainedModel
+
+    if isinstance(model, PreTrainedModel) and (weights_dir / "config.json").is_file():
+        trained = type(model).from_pretrained(weights_dir, dtype=model.dtype)
+        model.load_state_dict(trained.state_dict(), strict=True)
+        return
+    path = weights_dir / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{weights_dir}: neither adapter_config.json nor model.safetensors is there")
+    load_model(model, str(path), strict=True)
+
+
+def load_trained(run_dir: str | Path, cfg: RunConfig, weights_dir: str | Path | None = None) -> ModelBundle:
+    """The base checkpoint with the run's adapter on top (a PeftModel), or with its fully trained weights.
+    ``weights_dir``: a checkpoint-N directory of the run instead of its final weights."""
     from peft import PeftModel
 
     run_dir = Path(run_dir)
+    weights_dir = Path(weights_dir) if weights_dir else run_dir
     family = get_family(cfg.model.family)
-    adapter_config = run_dir / "adapter_config.json"
-    if adapter_config.is_file():
-        base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        bundle = family.load(cfg.model, base)
-        bundle.model = PeftModel.from_pretrained(bundle.model, str(run_dir))
+    bundle = family.load(cfg.model, base_checkpoint(run_dir, cfg))
+    if (weights_dir / "adapter_config.json").is_file():
+        bundle.model = PeftModel.from_pretrained(bundle.model, str(weights_dir))
         if cfg.adapters.dora_impl == "vlft":
             use_vlft_dora(bundle.model)
     else:
-        bundle = family.load(cfg.model, str(run_dir))
+        load_weights_into(bundle.model, weights_dir)
     bundle.model.eval()
     return bundle
 
@@ -49,8 +76,8 @@ def evaluate_run(run: str, overrides: list[str] | tuple = (), out_dir: str | Non
     out = Path(out_dir) if out_dir else run_path
     out.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    metrics = evaluate_vqa(bundle.model.to(device), bundle, cfg, device=device,
-                           predictions_path=out / "predictions.json")
+    metrics = get_family(cfg.model.family).evaluate(bundle.model.to(device), bundle, cfg, device=device,
+                                                    predictions_path=out / "predictions.json")
     metrics_path = out / "metrics.json"
     existing = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     existing["eval"] = {f"eval_{k}": v for k, v in metrics.items()}

@@ -177,3 +177,17 @@ def evaluate(model, bundle: ModelBundle, cfg: RunConfig, device="cpu", synced_gp
     from vlft.eval.evaluator import evaluate_vqa
 
     return evaluate_vqa(model, bundle, cfg, device=device, synced_gpus=synced_gpus, predictions_path=predictions_path)
+
+
+def export_merged(model: LlavaForConditionalGeneration, bundle: ModelBundle, out_dir: str | Path) -> None:
+    """transformers' own layout: the model, its tokenizer and image processor, and a LlavaProcessor that
+    expands `<image>` to the image's tokens, so `AutoProcessor.from_pretrained(out_dir)` works."""
+    from transformers import LlavaProcessor
+
+    model.save_pretrained(out_dir)
+    processor = LlavaProcessor(image_processor=bundle.image_processor, tokenizer=bundle.tokenizer,
+                               patch_size=model.config.vision_config.patch_size,
+                               vision_feature_select_strategy=model.config.vision_feature_select_strategy,
+                               num_additional_image_tokens=1,  # CLIP's class token, dropped by "default"
+                               image_token=bundle.tokenizer.convert_ids_to_tokens(model.config.image_token_index))
+    processor.save_pretrained(out_dir)

@@ -4,7 +4,8 @@ DoRA/LoRA on the `vision` tower reaches every Linear (attention qkv and proj, ML
 the Conv2d patch embedding; the classification `head` is trained in full by default.
 
 A vlft ViT checkpoint is a directory: `config.json` {"architecture", "model_args", "labels",
-"data_config"} and `model.safetensors` (encoder and head). `load(model_cfg, path)` reads one, or, for
+"data_config"} and `model.safetensors` (encoder and head); `vlft merge` writes timm's own layout instead,
+which `load` also reads. `load(model_cfg, path)` reads one, or, for
 a timm name (e.g. `timm/vit_base_patch16_224.augreg2_in21k_ft_in1k`), creates the pretrained encoder
 through timm with a fresh head for the training data's labels. `build_tiny` writes a random-init
 checkpoint that goes back through the same `load`.
@@ -73,11 +74,26 @@ def _bundle(model: ImageClassifier, labels: list[str], data_config: dict, path: 
                        extra={"labels": labels})
 
 
+def _from_timm_export(directory: Path) -> tuple[ImageClassifier, list[str], dict]:
+    """A timm checkpoint directory (what `vlft merge` writes): the timm head becomes the classifier's head."""
+    timm_model = timm.create_model(f"local-dir:{directory}", pretrained=True)
+    labels = timm_model.pretrained_cfg.get("label_names") or [str(i) for i in range(timm_model.num_classes)]
+    head_state = timm_model.get_classifier().state_dict()
+    timm_model.reset_classifier(0)
+    model = ImageClassifier(timm_model, len(labels))
+    model.head.load_state_dict(head_state)
+    return model, list(labels), _data_config(timm_model, None)
+
+
 def load(model_cfg: ModelConfig, path: str, with_model: bool = True, labels: list[str] | None = None) -> ModelBundle:
-    """A vlft ViT directory, or a timm model name (pretrained encoder, new head over ``labels``)."""
+    """A vlft ViT directory, a timm checkpoint directory, or a timm model name (pretrained encoder, new head
+    over ``labels``)."""
     directory = Path(path)
     if (directory / "config.json").is_file():
         config = json.loads((directory / "config.json").read_text())
+        if "pretrained_cfg" in config:
+            model, labels, data_config = _from_timm_export(directory)
+            return _bundle(model.to(getattr(torch, model_cfg.dtype)), labels, data_config, path)
         encoder = timm.create_model(config["architecture"], pretrained=False, num_classes=0, **config["model_args"])
         model = ImageClassifier(encoder, len(config["labels"]))
         model.load_state_dict(load_file(str(directory / "model.safetensors")))
@@ -92,6 +108,18 @@ def load(model_cfg: ModelConfig, path: str, with_model: bool = True, labels: lis
                              f"downloaded ({reason})") from None
     model = ImageClassifier(encoder, len(labels)).to(getattr(torch, model_cfg.dtype))
     return _bundle(model, list(labels), _data_config(encoder, None), path)
+
+
+def export_merged(model: ImageClassifier, bundle: ModelBundle, out_dir: str | Path) -> None:
+    """timm's own checkpoint layout (config.json + model.safetensors, the head inside the timm model, label
+    names and preprocessing in its pretrained_cfg): `timm.create_model("local-dir:<out_dir>", pretrained=True)`."""
+    from timm.models import save_for_hf
+
+    encoder = model.encoder
+    encoder.reset_classifier(model.head.out_features)
+    encoder.get_classifier().load_state_dict(model.head.state_dict())
+    save_for_hf(encoder, str(out_dir), model_config={"label_names": bundle.extra["labels"]},
+                safe_serialization=True, data_config=bundle.image_processor.data_config)
 
 
 def build_tiny(tiny: TinyModelConfig, labels: list[str], out_dir: str | Path) -> Path:

@@ -3,3 +3,7 @@
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or inf; the run stopped before that step changed any weight."""
+
+
+class SweepRunFailed(RuntimeError):
+    """One run of `vlft sweep` exited with an error; the message names it."""

@@ -23,6 +23,7 @@ from vlft.config import RunConfig, config_to_dict
 from vlft.models import ModelBundle, get_family
 from vlft.train.checkpoints import check_checkpoint_is_safe, discard_partial_checkpoint, latest_complete_checkpoint
 from vlft.train.preflight import TINY, check_paths
+from vlft.train.report import peak_memory_mb, write_training_report
 from vlft.train.trainer import VlftTrainer
 
 
@@ -186,6 +187,9 @@ def train(cfg: RunConfig) -> TrainResult:
     if cfg.eval.at_end and cfg.data.eval:
         metrics["eval"] = trainer.evaluate()
     metrics["wall_time_s"] = round(time.time() - start, 2)
+    metrics.update(peak_memory_mb())
     save_outputs(trainer, bundle, cfg, metrics)
+    if trainer.is_world_process_zero():
+        write_training_report(trainer.state.log_history, cfg.training.output_dir)
     log(json.dumps(metrics, indent=2))
     return TrainResult(metrics=metrics, model=model, bundle=bundle)

@@ -1,0 +1,160 @@
+"""The VL-BART model itself: BART with a CLIP visual encoder from open_clip (VL-T5 / VL-Adapter style).
+
+This file imports torch, torchvision, transformers, open_clip and safetensors only, never vlft: `vlft merge`
+copies it next to a merged VL-BART as `modeling_vl_bart.py`, so that the merged model loads and generates
+where vlft (and peft) are not installed:
+
+    import sys; sys.path.insert(0, "merged")
+    from modeling_vl_bart import load_merged
+    model, tokenizer, transform = load_merged("merged")
+
+A merged directory holds `vl_bart.json` {"language": "language", "vision", "feature_dim", "image"}, the
+BART in `language/` (transformers' save_pretrained, with its tokenizer) and the CLIP encoder and projector
+in `vision_projector.safetensors`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import open_clip
+import torch
+from open_clip.modified_resnet import ModifiedResNet
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torchvision import transforms
+from transformers import AutoTokenizer, BartForConditionalGeneration
+
+CONFIG_FILE = "vl_bart.json"
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+MAX_IMAGES = 2  # images per record (NLVR2 has two)
+VISION_PROJECTOR_FILE = "vision_projector.safetensors"
+
+
+def grid_features(vision: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """(B, N, C) features before pooling: a ResNet's last stage cells, or a ViT's patch tokens."""
+    if isinstance(vision, ModifiedResNet):
+        x = vision.stem(pixel_values.to(vision.conv1.weight.dtype))
+        x = vision.layer4(vision.layer3(vision.layer2(vision.layer1(x))))
+        return x.flatten(2).transpose(1, 2)
+    vision.output_tokens = True
+    _, tokens = vision(pixel_values)
+    return tokens
+
+
+class Projector(nn.Module):
+    """Linear + LayerNorm into BART's width, plus a learned embedding of each image's place in the
+    record (NLVR2's left and right image), zero at start so that one image sees Linear + LayerNorm alone."""
+
+    def __init__(self, feature_dim: int, d_model: int, max_images: int = MAX_IMAGES):
+        super().__init__()
+        self.linear, self.norm = nn.Linear(feature_dim, d_model), nn.LayerNorm(d_model)
+        self.image_index = nn.Embedding(max_images, d_model)
+        nn.init.zeros_(self.image_index.weight)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, images, N, C) -> (B, images * N, d_model)."""
+        x = self.norm(self.linear(features)) + self.image_index.weight[: features.shape[1], None, :]
+        return x.flatten(1, 2)
+
+
+class VLBart(nn.Module):
+    def __init__(self, language: BartForConditionalGeneration, vision: nn.Module, feature_dim: int):
+        super().__init__()
+        self.vision = vision
+        if isinstance(vision, ModifiedResNet):
+            vision.attnpool = nn.Identity()  # grid features skip the pooling head: no idle parameters
+        self.projector = Projector(feature_dim, language.config.d_model)
+        self.language = language
+        self.feature_dim = feature_dim
+        self.config = language.config  # what the Trainer and peft look up
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self.vision.modules():  # frozen statistics: the base model must not drift
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        return self
+
+    def encoder_inputs(self, input_ids, attention_mask, pixel_values=None, image_mask=None, visual_features=None):
+        """Visual tokens of every image, then the text. pixel_values: (B, C, H, W) or, with several
+        images per record, (B, images, C, H, W) with image_mask (B, images) marking the real ones;
+        or visual_features (B, images, cells, channels), pre-extracted by the same vision tower."""
+        if visual_features is None:
+            if pixel_values.dim() == 4:
+                pixel_values = pixel_values.unsqueeze(1)
+            batch, images = pixel_values.shape[:2]
+            cells = grid_features(self.vision, pixel_values.flatten(0, 1))
+            visual_features = cells.unflatten(0, (batch, images))
+        batch, images = visual_features.shape[:2]
+        if image_mask is None:
+            image_mask = attention_mask.new_ones(batch, images)
+        visual = self.projector(visual_features.to(self.projector.linear.weight.dtype))
+        text = self.language.get_encoder().embed_tokens(input_ids)
+        visual_mask = image_mask.to(attention_mask.dtype).repeat_interleave(visual_features.shape[2], dim=1)
+        mask = torch.cat([visual_mask, attention_mask], dim=1)
+        embeds = torch.cat([visual.to(text.dtype), text], dim=1)
+        if bool((mask == 0).any()):  # padding last, real tokens in order: BART's positions as if unpadded
+            order = torch.sort(1 - mask, dim=1, stable=True).indices
+            embeds = embeds.gather(1, order.unsqueeze(-1).expand_as(embeds))
+            mask = mask.gather(1, order)
+        return embeds, mask
+
+    def forward(self, input_ids, attention_mask, pixel_values=None, labels=None, image_mask=None,
+                visual_features=None, **_):
+        embeds, mask = self.encoder_inputs(input_ids, attention_mask, pixel_values, image_mask, visual_features)
+        return self.language(inputs_embeds=embeds, attention_mask=mask, labels=labels)
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask, pixel_values=None, image_mask=None, visual_features=None,
+                 **kwargs):
+        embeds, mask = self.encoder_inputs(input_ids, attention_mask, pixel_values, image_mask, visual_features)
+        return self.language.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+
+
+def image_transform(size: int, mean=CLIP_MEAN, std=CLIP_STD):
+    return transforms.Compose([transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC),
+                               transforms.CenterCrop(size), transforms.ToTensor(), transforms.Normalize(mean, std)])
+
+
+def vision_from_spec(spec: dict) -> tuple[nn.Module, int]:
+    """The CLIP encoder a spec names ({"tiny_resnet": {...}} or {"open_clip": name, "pretrained": tag}) and
+    the width of its grid features."""
+    if "tiny_resnet" in spec:
+        args = spec["tiny_resnet"]
+        vision = ModifiedResNet(layers=args["layers"], output_dim=args["width"] * 32, heads=2,
+                                image_size=args["image_size"], width=args["width"])
+        return vision, args["width"] * 32
+    vision = open_clip.create_model(spec["open_clip"], pretrained=spec.get("pretrained")).visual
+    dim = vision.layer4[-1].conv3.out_channels if isinstance(vision, ModifiedResNet) else vision.transformer.width
+    return vision, dim
+
+
+def save_merged(model: VLBart, tokenizer, vision_spec: dict, image: dict, directory: str | Path) -> None:
+    """Write the layout `load_merged` reads. The vision spec must not name pretrained weights: they are here."""
+    directory = Path(directory)
+    model.language.save_pretrained(directory / "language")
+    tokenizer.save_pretrained(directory / "language")
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith("language.")}
+    save_file(state, str(directory / VISION_PROJECTOR_FILE))
+    spec = {"language": "language", "vision": {**vision_spec, "pretrained": None} if "open_clip" in vision_spec
+            else vision_spec, "feature_dim": model.feature_dim, "image": image}
+    (directory / CONFIG_FILE).write_text(json.dumps(spec, indent=1))
+
+
+def load_merged(directory: str | Path, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer, image transform) of a directory written by `save_merged`."""
+    directory = Path(directory)
+    spec = json.loads((directory / CONFIG_FILE).read_text())
+    language_dir = directory / spec["language"]
+    vision, dim = vision_from_spec(spec["vision"])
+    model = VLBart(BartForConditionalGeneration.from_pretrained(language_dir, dtype=dtype), vision, dim)
+    missing, unexpected = model.load_state_dict(load_file(str(directory / VISION_PROJECTOR_FILE)), strict=False)
+    missing = [k for k in missing if not k.startswith("language.")]
+    if missing or unexpected:
+        raise RuntimeError(f"{directory / VISION_PROJECTOR_FILE}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    image = spec["image"]
+    return model.to(dtype).eval(), AutoTokenizer.from_pretrained(language_dir), image_transform(
+        image["size"], image["mean"], image["std"])
