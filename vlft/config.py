@@ -82,6 +82,22 @@ class AdaptersConfig:
 
 
 @dataclass
+class VideoConfig:
+    sampling: Literal["uniform", "fps"] = _help(
+        "Frames of a video record: `uniform` (num_frames spread over the clip) or `fps` (one every 1/fps "
+        "seconds, at most max_frames); a record's start/end (seconds) restrict either to that segment.", "uniform")
+    num_frames: int = _help("Frames per video under `uniform` sampling.", 8)
+    fps: float = _help("Frames per second under `fps` sampling.", 1.0)
+    max_frames: int = _help("Most frames under `fps` sampling (evenly thinned past it).", 16)
+    min_frames: int | None = _help("A clip or segment with fewer frames is `too_short_video` (null: num_frames "
+                                   "for uniform, 1 for fps).", None)
+
+    def __post_init__(self):
+        if self.num_frames < 1 or self.max_frames < 1 or self.fps <= 0:
+            raise ConfigError("data.video: num_frames and max_frames must be >= 1 and fps > 0")
+
+
+@dataclass
 class DataConfig:
     train: str | list[str] = _help("Training records: LLaVA conversation JSON (list) or JSONL; a list of files "
                                    "mixes them in one run (multitask).")
@@ -94,8 +110,10 @@ class DataConfig:
     num_workers: int = _help("DataLoader worker processes.", 0)
     system_prompt: str = _help("Text placed before the first user turn.", "")
     on_error: Literal["raise", "skip"] = _help(
-        "A bad record (malformed, missing or corrupt image, too long): `raise` stops naming it; `skip` leaves "
-        "it out and counts it by reason in the log and metrics.json.", "raise")
+        "A bad record (malformed, missing or corrupt image or video, too long, too short a video): `raise` "
+        "stops naming it; `skip` leaves it out and counts it by reason in the log and metrics.json.", "raise")
+    video: VideoConfig = _help("How frames are taken from video records (paths relative to image_folder).",
+                               default_factory=VideoConfig)
 
 
 @dataclass

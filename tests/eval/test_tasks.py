@@ -34,3 +34,16 @@ def test_caption_rows_are_scored_with_pycocoevalcap_on_their_own():
     for name, value in expected.items():
         assert metrics[f"caption_{name}"] == pytest.approx(value, abs=1e-4)
     assert metrics["caption_num_images"] == 3 and metrics["vqa_accuracy"] == 100.0
+
+
+def test_video_tasks_score_open_ended_and_multiple_choice_accuracy_per_category():
+    tasks = ["video_qa", "video_qa", "video_qa", "video_mc", "video_mc"]
+    predictions = ["Left.", "two", "red", "left", "circle"]
+    refs = [["left"], ["three"], ["red"], ["right"], ["circle"]]
+    categories = ["direction", "count", "control", "direction", "order"]
+    metrics = score_by_task(tasks, predictions, refs, categories)
+    assert metrics["video_qa_accuracy"] == round(100 * 2 / 3, 2) and metrics["video_qa_num_questions"] == 3
+    assert (metrics["video_qa_accuracy_direction"], metrics["video_qa_accuracy_count"],
+            metrics["video_qa_accuracy_control"]) == (100.0, 0.0, 100.0)
+    assert metrics["video_mc_accuracy"] == 50.0 and metrics["video_mc_accuracy_direction"] == 0.0
+    assert "vqa_accuracy" not in metrics

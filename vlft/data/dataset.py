@@ -10,6 +10,8 @@ from torch.utils.data import Dataset
 
 from vlft.data.conversation import IGNORE_INDEX, TokenSpec, encode_conversation, encode_prompt, image_tokens_end
 from vlft.data.records import (
+    IMAGE_PLACEHOLDER,
+    VIDEO_PLACEHOLDER,
     DataError,
     data_files,
     image_paths,
@@ -19,6 +21,7 @@ from vlft.data.records import (
     validate_record,
 )
 from vlft.data.skips import SkipLog
+from vlft.data.video import FrameSampling, read_frames
 from vlft.models.base import ModelBundle
 
 
@@ -52,7 +55,8 @@ class _RecordDataset(Dataset):
     max_images = 1  # images per record the family's model takes
 
     def __init__(self, path: str | Path | list, bundle: ModelBundle, image_folder: str,
-                 max_samples: int | None = None, on_error: str = "raise"):
+                 max_samples: int | None = None, on_error: str = "raise", video: FrameSampling | None = None):
+        self.video = video or FrameSampling()  # how frames are taken from video records
         self.paths = data_files(path)  # several files are mixed, in order (multitask training)
         self.path, self.bundle, self.image_folder = ", ".join(self.paths), bundle, image_folder
         self.spec = token_spec(bundle) if bundle.tokenizer is not None else None
@@ -86,7 +90,11 @@ class _RecordDataset(Dataset):
         return True
 
     def check(self, record: dict, where: str) -> None:
-        """Cheap checks of one record before training: its image files exist."""
+        """Cheap checks of one record before training: its image or video files exist."""
+        if record.get("video"):
+            path = Path(self.image_folder) / record["video"]
+            if not path.is_file():
+                raise DataError(f"{where}: video not found: {path}", reason="missing_video", where=where)
         images = image_paths(record)
         if len(images) > self.max_images:
             raise DataError(f"{where}: {len(images)} images in one record; this model family takes at most "
@@ -104,34 +112,54 @@ class _RecordDataset(Dataset):
                 raise
             return {"skipped": (err.reason, err.where or self.where(index), str(err))}
 
+    def frames(self, index: int) -> torch.Tensor:
+        """(frames, C, H, W): the sampled frames of a video record through the image processor."""
+        record = self.records[index]  # a record index (a QA dataset has several examples per record)
+        frames = read_frames(Path(self.image_folder) / record["video"], self.video,
+                             self._where(self.positions[index], record), record.get("start"), record.get("end"))
+        return torch.stack([self.bundle.image_processor(f, return_tensors="pt")["pixel_values"][0] for f in frames])
+
     def add_pixel_values(self, item: dict, index: int) -> dict:
         record = self.records[index]
-        if record.get("image"):
+        if record.get("video"):
+            item["pixel_values"] = self.frames(index)  # frames go through the image tower like images
+        elif record.get("image"):
             image = load_image(self.image_folder, record["image"], self.where(index))
             item["pixel_values"] = self.bundle.image_processor(image, return_tensors="pt")["pixel_values"][0]
         return item
+
+
+def with_frames(turns: list[dict], frames: int) -> list[dict]:
+    """A video's `<video>` placeholder as one `<image>` per frame (frames go through the image tower)."""
+    return [{**t, "value": t["value"].replace(VIDEO_PLACEHOLDER, IMAGE_PLACEHOLDER * frames)} for t in turns]
 
 
 class ConversationDataset(_RecordDataset):
     """Training examples: input_ids, labels (answers only) and pixel_values."""
 
     def __init__(self, path: str | Path, bundle: ModelBundle, image_folder: str, max_length: int,
-                 on_error: str = "raise"):
+                 on_error: str = "raise", video: FrameSampling | None = None):
         self.max_length = max_length
-        super().__init__(path, bundle, image_folder, on_error=on_error)
+        super().__init__(path, bundle, image_folder, on_error=on_error, video=video)
 
     def check(self, record: dict, where: str) -> None:
         super().check(record, where)
-        end = image_tokens_end(record["conversations"], self.bundle.tokenizer, self.bundle.template, self.spec)
+        most_frames = self.video.num_frames if self.video.sampling == "uniform" else self.video.max_frames
+        turns = with_frames(record["conversations"], most_frames)
+        end = image_tokens_end(turns, self.bundle.tokenizer, self.bundle.template, self.spec)
         if end > self.max_length:
             raise DataError(f"{where}: its image tokens end at position {end}, beyond data.max_length="
                             f"{self.max_length}, before any of its text; raise max_length", reason="too_long",
                             where=where)
 
     def item(self, index: int) -> dict:
-        input_ids, labels = encode_conversation(self.records[index]["conversations"], self.bundle.tokenizer,
-                                                self.bundle.template, self.spec, self.max_length, self.where(index))
-        return self.add_pixel_values({"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels)}, index)
+        item = self.add_pixel_values({}, index)
+        turns = self.records[index]["conversations"]
+        if self.records[index].get("video"):
+            turns = with_frames(turns, len(item["pixel_values"]))
+        input_ids, labels = encode_conversation(turns, self.bundle.tokenizer, self.bundle.template, self.spec,
+                                                self.max_length, self.where(index))
+        return {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels), **item}
 
 
 class PromptDataset(_RecordDataset):
@@ -139,9 +167,12 @@ class PromptDataset(_RecordDataset):
 
     def item(self, index: int) -> dict:
         record = self.records[index]
-        ids = encode_prompt(question_turns(record), self.bundle.tokenizer, self.bundle.template, self.spec)
-        item = {"input_ids": torch.tensor(ids), "index": index, "references": references(record)}
-        return self.add_pixel_values(item, index)
+        item = self.add_pixel_values({"index": index, "references": references(record)}, index)
+        turns = question_turns(record)
+        if record.get("video"):
+            turns = with_frames(turns, len(item["pixel_values"]))
+        ids = encode_prompt(turns, self.bundle.tokenizer, self.bundle.template, self.spec)
+        return {"input_ids": torch.tensor(ids), **item}
 
 
 def _pad(sequences: list[torch.Tensor], value: int, left: bool) -> torch.Tensor:
@@ -177,9 +208,10 @@ class VisionTextCollator:
         batch = {"input_ids": input_ids, "attention_mask": attention}
         if "labels" in items[0]:
             batch["labels"] = _pad([it["labels"] for it in items], IGNORE_INDEX, left)
+        # one (C, H, W) image, or a video's (frames, C, H, W), per example: all in the order of their tokens
         images = [it["pixel_values"] for it in items if "pixel_values" in it]
         if images:
-            batch["pixel_values"] = torch.stack(images)
+            batch["pixel_values"] = torch.cat([p if p.dim() == 4 else p[None] for p in images])
         if self.for_generation:
             batch["index"] = [it["index"] for it in items]
             batch["references"] = [it["references"] for it in items]

@@ -15,16 +15,19 @@ import torch
 from vlft.data.conversation import IGNORE_INDEX
 from vlft.data.dataset import _RecordDataset
 from vlft.data.features import FeatureStore
-from vlft.data.records import IMAGE_PLACEHOLDER, ROLES, DataError, image_paths, references
+from vlft.data.records import IMAGE_PLACEHOLDER, ROLES, VIDEO_PLACEHOLDER, DataError, image_paths, references
+from vlft.data.video import FrameSampling
 from vlft.models.base import ModelBundle
 from vlft.models.vl_bart_modeling import MAX_IMAGES
 
-TASK_PREFIX = {"vqa": "vqa: ", "gqa": "gqa: ", "nlvr2": "nlvr: ", "caption": "caption: "}
+TASK_PREFIX = {"vqa": "vqa: ", "gqa": "gqa: ", "nlvr2": "nlvr: ", "caption": "caption: ", "video_qa": "vqa: ",
+               "video_mc": "vqa: ", "video_caption": "caption: "}
 
 
 def question_answer_pairs(record: dict) -> list[tuple[str, str]]:
     turns = record["conversations"]
-    return [(turns[i]["value"].replace(IMAGE_PLACEHOLDER, " ").strip(), turns[i + 1]["value"])
+    return [(turns[i]["value"].replace(IMAGE_PLACEHOLDER, " ").replace(VIDEO_PLACEHOLDER, " ").strip(),
+             turns[i + 1]["value"])
             for i in range(len(turns) - 1)
             if ROLES[turns[i]["from"]] == "user" and ROLES[turns[i + 1]["from"]] == "assistant"]
 
@@ -36,21 +39,25 @@ class QuestionAnswerDataset(_RecordDataset):
 
     def __init__(self, path: str | Path | list, bundle: ModelBundle, image_folder: str, max_length: int,
                  max_samples: int | None = None, on_error: str = "raise", for_eval: bool = False,
-                 features: FeatureStore | None = None):
+                 features: FeatureStore | None = None, video: FrameSampling | None = None):
         self.features = features  # pre-extracted visual features instead of images
-        super().__init__(path, bundle, image_folder, max_samples, on_error)
+        super().__init__(path, bundle, image_folder, max_samples, on_error, video)
         self.max_length, self.for_eval = max_length, for_eval
         self.examples = []  # (record index, question, answer)
         for index, record in enumerate(self.records):
             pairs = question_answer_pairs(record)
             if for_eval:
                 question = record["conversations"][-2 if pairs else -1]["value"]
-                pairs = [(question.replace(IMAGE_PLACEHOLDER, " ").strip(), None)]
+                pairs = [(question.replace(IMAGE_PLACEHOLDER, " ").replace(VIDEO_PLACEHOLDER, " ").strip(), None)]
             self.examples += [(index, q, a) for q, a in pairs]
 
     def check(self, record: dict, where: str) -> None:
-        if not record.get("image"):
-            raise DataError(f"{where}: VL-BART needs an image per record (field 'image')", where=where)
+        if not record.get("image") and not record.get("video"):
+            raise DataError(f"{where}: VL-BART needs an image or a video per record (field 'image' or 'video')",
+                            where=where)
+        if record.get("video") and self.features is not None:
+            raise DataError(f"{where}: data.features holds image features; a video record needs its frames "
+                            "(drop data.features)", where=where)
         if self.features is None:
             return super().check(record, where)
         if len(image_paths(record)) > self.max_images:
@@ -91,6 +98,8 @@ class QuestionAnswerDataset(_RecordDataset):
         where = self._where(self.positions[record_index], record)
         if self.features is not None:
             return {"visual_features": torch.stack([self.features.get(path, where) for path in image_paths(record)])}
+        if record.get("video"):
+            return {"pixel_values": self.frames(record_index)}  # frames as images; the model pools them
         return {"pixel_values": torch.stack([self.bundle.image_processor(load_image(self.image_folder, path, where),
                                                         return_tensors="pt")["pixel_values"][0]
                             for path in image_paths(record)])}

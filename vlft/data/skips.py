@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch.distributed as dist
 
-REASONS = ("malformed_record", "image_count_mismatch", "missing_image", "corrupt_image", "too_long")
+REASONS = ("malformed_record", "image_count_mismatch", "missing_image", "corrupt_image", "too_long",
+           "missing_video", "corrupt_video", "empty_video", "too_short_video")
 
 
 class SkipLog:

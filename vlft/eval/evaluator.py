@@ -8,6 +8,7 @@ from pathlib import Path
 from vlft.config import RunConfig
 from vlft.data.dataset import PromptDataset
 from vlft.data.records import DataError, references
+from vlft.data.video import frame_sampling
 from vlft.eval.generate import generate_answers
 from vlft.eval.tasks import score_by_task
 from vlft.models.base import ModelBundle
@@ -22,7 +23,7 @@ def evaluate_vqa(model, bundle: ModelBundle, cfg: RunConfig, device="cpu", synce
     families reuse it."""
     if dataset is None:
         dataset = PromptDataset(cfg.data.eval, bundle, cfg.data.image_folder, cfg.eval.max_samples,
-                                on_error=cfg.data.on_error)
+                                on_error=cfg.data.on_error, video=frame_sampling(cfg))
     answers = generate_answers(model, dataset, cfg.eval.batch_size, cfg.eval.max_new_tokens,
                                synced_gpus=synced_gpus, device=device, **generate_kwargs)
     # questions skipped under on_error: skip are left out of the score and counted
@@ -33,7 +34,7 @@ def evaluate_vqa(model, bundle: ModelBundle, cfg: RunConfig, device="cpu", synce
     records, predictions = [r for r, _ in kept], [a for _, a in kept]
     refs = [references(r) for r in records]
     tasks = [r.get("task", "vqa") for r in records]
-    metrics = score_by_task(tasks, predictions, refs)
+    metrics = score_by_task(tasks, predictions, refs, [r.get("category") for r in records])
     if dataset.skips is not None:
         metrics["skipped_records"] = dataset.skips.counts()
     if predictions_path is not None:

@@ -29,7 +29,7 @@ from transformers import AutoTokenizer, BartForConditionalGeneration
 CONFIG_FILE = "vl_bart.json"
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-MAX_IMAGES = 2  # images per record (NLVR2 has two)
+MAX_IMAGES = 8  # images per record (NLVR2 has two), or frame groups of a video (more frames are pooled)
 VISION_PROJECTOR_FILE = "vision_projector.safetensors"
 
 
@@ -44,9 +44,24 @@ def grid_features(vision: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor
     return tokens
 
 
+def pool_frames(features: torch.Tensor, mask: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, N, C) per-frame features -> (B, groups, N, C): consecutive frames averaged (padding frames left
+    out), so a video of any length gives a fixed number of visual tokens, in time order."""
+    batch, frames, cells, channels = features.shape
+    if frames <= groups:
+        return features, mask
+    weights = mask.to(features.dtype)
+    flat = (features * weights[:, :, None, None]).permute(0, 2, 3, 1).reshape(batch, cells * channels, frames)
+    summed = torch.nn.functional.adaptive_avg_pool1d(flat, groups)
+    counts = torch.nn.functional.adaptive_avg_pool1d(weights[:, None, :], groups)  # share of real frames
+    pooled = (summed / counts.clamp_min(1e-6)).reshape(batch, cells, channels, groups).permute(0, 3, 1, 2)
+    return pooled, (counts[:, 0] > 0).to(mask.dtype)
+
+
 class Projector(nn.Module):
     """Linear + LayerNorm into BART's width, plus a learned embedding of each image's place in the
-    record (NLVR2's left and right image), zero at start so that one image sees Linear + LayerNorm alone."""
+    record (NLVR2's left and right image; a video's frames in time order), zero at start so that one image
+    sees Linear + LayerNorm alone."""
 
     def __init__(self, feature_dim: int, d_model: int, max_images: int = MAX_IMAGES):
         super().__init__()
@@ -91,6 +106,8 @@ class VLBart(nn.Module):
         batch, images = visual_features.shape[:2]
         if image_mask is None:
             image_mask = attention_mask.new_ones(batch, images)
+        groups = self.projector.image_index.num_embeddings
+        visual_features, image_mask = pool_frames(visual_features, image_mask, groups)
         visual = self.projector(visual_features.to(self.projector.linear.weight.dtype))
         text = self.language.get_encoder().embed_tokens(input_ids)
         visual_mask = image_mask.to(attention_mask.dtype).repeat_interleave(visual_features.shape[2], dim=1)

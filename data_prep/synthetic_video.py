@@ -1,0 +1,172 @@
+"""An offline video QA and captioning set: small mp4 clips of coloured shapes, written with PyAV.
+
+    python data_prep/synthetic_video.py --out data/synthetic_video [--train 800 --test 150 --seed 0]
+
+Each clip (64x64, 16 frames at 8 fps) shows two shapes of different kinds and colours. Shape A enters
+first or second and moves left, right, up or down; shape B flashes (vanishes for a frame) one, two or
+three times. Timings are set so that 8 uniformly sampled frames see every event and the middle frame
+alone sees none. Start positions are drawn so that where A is at the middle of the clip says nothing about
+its direction. Questions, with a `category`:
+- direction: "which way does the red circle move?" (left / right / up / down)    -- needs time
+- order: "which shape appears first?" (the kind of A or of B)                    -- needs time
+- count: "how many times does the blue square flash?" (one / two / three)         -- needs time
+- control: "what color is the circle?"                                             -- one frame is enough
+in two forms: open-ended (task video_qa) and multiple choice with the choices in the question (video_mc).
+Also one caption per clip (task video_caption), e.g. "a red circle moves left".
+
+Files: videos/<split>_<n>.mp4; <split>.json (training: one multi-turn record per clip with every
+question in both forms; test: one record per question, with `answers` and `choices`); caption_<split>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+SIZE, FRAMES, FPS, RADIUS, TRAVEL = 64, 16, 8, 7, 24
+COLORS = {"red": (220, 40, 40), "blue": (40, 70, 220), "green": (40, 170, 60), "yellow": (230, 200, 30)}
+SHAPES = ("circle", "square", "triangle")
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+COUNTS = {1: "one", 2: "two", 3: "three"}
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, kind: str, color: str, x: float, y: float) -> None:
+    box = (x - RADIUS, y - RADIUS, x + RADIUS, y + RADIUS)
+    if kind == "circle":
+        draw.ellipse(box, fill=COLORS[color])
+    elif kind == "square":
+        draw.rectangle(box, fill=COLORS[color])
+    else:
+        draw.polygon([(x, y - RADIUS), (x - RADIUS, y + RADIUS), (x + RADIUS, y + RADIUS)], fill=COLORS[color])
+
+
+def make_story(rng: random.Random) -> dict:
+    kind_a, kind_b = rng.sample(SHAPES, 2)
+    color_a, color_b = rng.sample(list(COLORS), 2)
+    direction = rng.choice(list(DIRECTIONS))
+    a_first = rng.random() < 0.5
+    early, late = rng.randint(0, 1), 4  # both are on screen by the middle frame (8)
+    flashes = rng.choice(list(COUNTS))
+    dx, dy = DIRECTIONS[direction]
+    # the path's middle is uniform over the same range whatever the direction
+    mid = (rng.uniform(20, 44), rng.uniform(20, 44))
+    start = (mid[0] - dx * TRAVEL / 2, mid[1] - dy * TRAVEL / 2)
+    spot_b = (rng.uniform(12, 52), rng.uniform(12, 52))
+    while abs(spot_b[0] - mid[0]) < 14 and abs(spot_b[1] - mid[1]) < 14:  # keep B clear of A's path middle
+        spot_b = (rng.uniform(12, 52), rng.uniform(12, 52))
+    appear_b = late if a_first else early
+    # B vanishes for single odd frames, 4 apart: 8 uniformly sampled frames (1, 3, ..., 15) see every flash,
+    # the middle frame (8) sees none
+    odd = list(range(5, FRAMES - 2, 2))
+    hidden = list(rng.choice([c for c in itertools.combinations(odd, flashes)
+                              if all(b - a >= 4 for a, b in zip(c, c[1:], strict=False))]))
+    return {"a": (kind_a, color_a), "b": (kind_b, color_b), "direction": direction, "flashes": flashes,
+            "appear_a": early if a_first else late, "appear_b": appear_b, "start": start, "spot_b": spot_b,
+            "hidden_b": hidden, "first": kind_a if a_first else kind_b}
+
+
+def render(story: dict) -> list[np.ndarray]:
+    dx, dy = DIRECTIONS[story["direction"]]
+    frames = []
+    for t in range(FRAMES):
+        image = Image.new("RGB", (SIZE, SIZE), (245, 245, 245))
+        draw = ImageDraw.Draw(image)
+        if t >= story["appear_b"] and t not in story["hidden_b"]:
+            draw_shape(draw, *story["b"], *story["spot_b"])
+        if t >= story["appear_a"]:
+            progress = TRAVEL * t / (FRAMES - 1)
+            draw_shape(draw, *story["a"], story["start"][0] + dx * progress, story["start"][1] + dy * progress)
+        frames.append(np.asarray(image))
+    return frames
+
+
+def write_mp4(frames: list[np.ndarray], path: Path) -> None:
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = SIZE, SIZE, "yuv420p"
+        stream.options = {"crf": "18", "preset": "veryfast"}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def questions(story: dict) -> list[tuple[str, str, str, list[str]]]:
+    """(category, question, answer, choices) of one clip."""
+    (kind_a, color_a), (kind_b, color_b) = story["a"], story["b"]
+    return [
+        ("direction", f"which way does the {color_a} {kind_a} move?", story["direction"], list(DIRECTIONS)),
+        ("order", "which shape appears first?", story["first"], sorted([kind_a, kind_b])),
+        ("count", f"how many times does the {color_b} {kind_b} flash?", COUNTS[story["flashes"]],
+         list(COUNTS.values())),
+        ("control", f"what color is the {kind_a}?", color_a, list(COLORS)),
+    ]
+
+
+def as_choice(question: str, choices: list[str]) -> str:
+    return f"{question} choices: {', '.join(choices)}"
+
+
+def records(split: str, index: int, story: dict, video: str) -> tuple[list[dict], dict]:
+    asked = questions(story)
+    caption = f"a {story['a'][1]} {story['a'][0]} moves {story['direction']}"
+    caption_record = {"id": f"{split}-{index}-caption", "video": video, "task": "video_caption",
+                      "answers": [caption],
+                      "conversations": [{"from": "human", "value": "<video>\ndescribe the video."},
+                                        {"from": "gpt", "value": caption}]}
+    if split == "train":
+        turns = []
+        for k, (_, question, answer, choices) in enumerate(asked * 2):
+            text = question if k < len(asked) else as_choice(question, choices)
+            turns += [{"from": "human", "value": ("<video>\n" if k == 0 else "") + text},
+                      {"from": "gpt", "value": answer}]
+        return [{"id": f"train-{index}", "video": video, "task": "video_qa", "conversations": turns}], caption_record
+    out = []
+    for category, question, answer, choices in asked:
+        for task, text in (("video_qa", question), ("video_mc", as_choice(question, choices))):
+            out.append({"id": f"{split}-{index}-{category}-{task}", "video": video, "task": task,
+                        "category": category, "answers": [answer], "choices": choices,
+                        "conversations": [{"from": "human", "value": "<video>\n" + text},
+                                          {"from": "gpt", "value": answer}]})
+    return out, caption_record
+
+
+def prepare(out: Path, counts: dict[str, int], seed: int) -> dict:
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    summary = {}
+    for split, count in counts.items():
+        qa, captions = [], []
+        for i in tqdm(range(count), desc=f"{split} clips", unit="clip"):
+            story = make_story(rng)
+            video = f"videos/{split}_{i}.mp4"
+            if not (out / video).is_file():
+                write_mp4(render(story), out / video)
+            clip_records, caption_record = records(split, i, story, video)
+            qa += clip_records
+            captions.append(caption_record)
+        (out / f"{split}.json").write_text(json.dumps(qa, indent=1))
+        (out / f"caption_{split}.json").write_text(json.dumps(captions, indent=1))
+        summary[split] = {"clips": count, "records": len(qa)}
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="data/synthetic_video")
+    parser.add_argument("--train", type=int, default=800, help="training clips")
+    parser.add_argument("--test", type=int, default=150, help="test clips")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(json.dumps(prepare(Path(args.out), {"train": args.train, "test": args.test}, args.seed)))
+
+
+if __name__ == "__main__":
+    main()

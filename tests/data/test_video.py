@@ -1,0 +1,177 @@
+"""Video frames with decord: the indices each sampling takes, frames in time order, and bad videos (missing,
+corrupt, empty, too short) named with their reason -- raised, or counted when skipping. Also the synthetic
+video set's promise (8 frames see every event, the middle frame none) and video records in both families."""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from vlft.data.records import DataError
+from vlft.data.video import FrameSampling, frame_range, read_frames, sample_indices
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "data_prep"))
+import synthetic_video  # noqa: E402
+
+
+def write_video(path: Path, frames: int, fps: int = 8, size: int = 32) -> Path:
+    """Frame t is a flat grey of brightness 10 * t: the order of frames can be read back."""
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
+        stream.options = {"crf": "0"}
+        for t in range(frames):
+            image = np.full((size, size, 3), 10 * t + 20, dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def test_uniform_takes_the_centre_frame_of_each_equal_part():
+    assert sample_indices(0, 16, 8.0, FrameSampling(num_frames=8)) == [1, 3, 5, 7, 9, 11, 13, 15]
+    assert sample_indices(0, 16, 8.0, FrameSampling(num_frames=1)) == [8]
+    assert sample_indices(0, 5, 8.0, FrameSampling(num_frames=8)) == [0, 1, 2, 3, 4]  # fewer exist: too short
+
+
+def test_fps_takes_one_frame_per_interval_and_thins_evenly_past_the_cap():
+    assert sample_indices(0, 16, 8.0, FrameSampling("fps", fps=2.0)) == [0, 4, 8, 12]
+    assert sample_indices(0, 16, 8.0, FrameSampling("fps", fps=2.0, max_frames=3)) == [0, 8, 12]
+
+
+def test_segment_in_seconds_restricts_sampling():
+    assert frame_range(16, 8.0, 1.0, 2.0) == (8, 16)
+    assert frame_range(16, 8.0, None, None) == (0, 16)
+    assert sample_indices(*frame_range(16, 8.0, 1.0, 2.0), 8.0, FrameSampling(num_frames=4)) == [9, 11, 13, 15]
+
+
+def test_read_frames_returns_the_sampled_frames_in_time_order(tmp_path):
+    video = write_video(tmp_path / "ramp.mp4", frames=16)
+    frames = read_frames(video, FrameSampling(num_frames=4), "record 0")
+    brightness = [int(np.asarray(f).mean().round()) for f in frames]
+    assert [f.size for f in frames] == [(32, 32)] * 4
+    assert brightness == pytest.approx([10 * t + 20 for t in (2, 6, 10, 14)], abs=3)
+    segment = read_frames(video, FrameSampling(num_frames=2), "record 0", start=1.0, end=2.0)
+    assert [int(np.asarray(f).mean().round()) for f in segment] == pytest.approx([10 * t + 20 for t in (10, 14)],
+                                                                                abs=3)
+
+
+def bad_videos(tmp_path: Path) -> dict[str, tuple[Path, str, str]]:
+    """name -> (file, reason, what the message says)."""
+    good = write_video(tmp_path / "good.mp4", frames=16)
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(good.read_bytes()[:200])
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    short = write_video(tmp_path / "short.mp4", frames=3)
+    return {"missing": (tmp_path / "nope.mp4", "missing_video", "video not found"),
+            "corrupt": (corrupt, "corrupt_video", "cannot read video"),
+            "truncated": (truncated, "corrupt_video", "cannot read video"),
+            "empty": (empty, "empty_video", "video file is empty (0 bytes)"),
+            "short": (short, "too_short_video", "video too short: 3 frame(s)")}
+
+
+@pytest.mark.parametrize("name", ["missing", "corrupt", "truncated", "empty", "short"])
+def test_bad_video_raises_naming_the_record_file_and_reason(tmp_path, name):
+    path, reason, says = bad_videos(tmp_path)[name]
+    with pytest.raises(DataError, match=rf"^train.json record 3: {re.escape(says)}") as caught:
+        read_frames(path, FrameSampling(num_frames=8), "train.json record 3")
+    assert caught.value.reason == reason and str(path) in str(caught.value)
+
+
+def test_a_segment_past_the_end_is_too_short(tmp_path):
+    video = write_video(tmp_path / "v.mp4", frames=16)  # 2 s
+    with pytest.raises(DataError, match=r"0 frame\(s\) in segment \[5.0, 6.0\] s") as caught:
+        read_frames(video, FrameSampling(num_frames=2), "r", start=5.0, end=6.0)
+    assert caught.value.reason == "too_short_video"
+
+
+def video_records(tmp_path: Path) -> Path:
+    """Six records: one per bad video, and one good."""
+    videos = bad_videos(tmp_path)
+    records = []
+    for name, (path, _, _) in [*videos.items(), ("good", (tmp_path / "good.mp4", None, None))]:
+        records.append({"id": name, "video": path.name, "task": "video_qa", "answers": ["up"],
+                        "conversations": [{"from": "human", "value": "<video>\nwhich way?"},
+                                          {"from": "gpt", "value": "up"}]})
+    out = tmp_path / "videos.json"
+    out.write_text(json.dumps(records))
+    return out
+
+
+def test_skip_counts_bad_videos_by_reason_and_keeps_the_good_one(tmp_path):
+    from vlft.data.dataset import VisionTextCollator
+    from vlft.data.seq2seq import QuestionAnswerDataset, Seq2SeqCollator
+    from vlft.models import vl_bart
+    from vlft.models.vl_bart_modeling import grid_features
+
+    tiny = vl_bart.TinyModelConfig(image_size=32, vision_hidden_size=32, text_hidden_size=32, text_layers=1,
+                                   num_heads=2)
+    bundle = vl_bart.load(vl_bart.ModelConfig(family="vl_bart"),
+                          str(vl_bart.build_tiny(tiny, ["which way ?", "up"], tmp_path / "model")))
+    dataset = QuestionAnswerDataset(str(video_records(tmp_path)), bundle, str(tmp_path), max_length=32,
+                                    on_error="skip", video=FrameSampling(num_frames=8))
+    assert dataset.skips.counts() == {"missing_video": 1}  # known before training: the file is not there
+    items = [dataset[i] for i in range(len(dataset))]
+    batch = Seq2SeqCollator(bundle.tokenizer.pad_token_id)(items)
+    dataset.skips.extend(batch.pop("skipped"))
+    assert dataset.skips.counts() == {"missing_video": 1, "corrupt_video": 2, "empty_video": 1, "too_short_video": 1}
+    assert batch["pixel_values"].shape == (1, 8, 3, 32, 32) and batch["image_mask"].tolist() == [[1] * 8]
+    assert VisionTextCollator  # the LLaVA collator is exercised in test_llava_video_record_*
+    out = bundle.model(**{k: v for k, v in batch.items() if k != "labels"}, labels=batch["labels"])
+    assert torch.isfinite(out.loss)
+    assert grid_features(bundle.model.vision, batch["pixel_values"][0]).shape[0] == 8
+
+
+def test_vl_bart_pools_frames_past_its_groups_in_time_order():
+    from vlft.models.vl_bart_modeling import pool_frames
+
+    features = torch.arange(12, dtype=torch.float).reshape(1, 12, 1, 1).expand(1, 12, 2, 3)
+    pooled, mask = pool_frames(features, torch.ones(1, 12, dtype=torch.long), 4)
+    assert pooled[0, :, 0, 0].tolist() == [1.0, 4.0, 7.0, 10.0] and mask.tolist() == [[1, 1, 1, 1]]
+
+
+def test_llava_video_record_gives_one_image_token_run_per_frame(tmp_path):
+    from tests.conftest import tiny_config_dict
+    from vlft.config import config_from_dict
+    from vlft.data.dataset import ConversationDataset, VisionTextCollator
+    from vlft.models import llava
+
+    records = video_records(tmp_path)
+    cfg = config_from_dict(tiny_config_dict({"train": records, "test": records, "images": tmp_path}, tmp_path / "r"))
+    base = llava.build_tiny(cfg.model.tiny, ["which way ?", "up"], tmp_path / "model")
+    bundle = llava.load(cfg.model, str(base))
+    dataset = ConversationDataset(str(records), bundle, str(tmp_path), max_length=256, on_error="skip",
+                                  video=FrameSampling(num_frames=4, min_frames=2))
+    good = next(i for i, r in enumerate(dataset.records) if r["id"] == "good")
+    short = next(i for i, r in enumerate(dataset.records) if r["id"] == "short")
+    item, short_item = dataset[good], dataset[short]  # 3 frames >= min_frames 2: kept, with 3 frames
+    assert (item["input_ids"] == bundle.image_token_id).sum() == 4 * bundle.num_image_tokens
+    assert item["pixel_values"].shape[0] == 4 and short_item["pixel_values"].shape[0] == 3
+    batch = VisionTextCollator(bundle.tokenizer.pad_token_id)([item, short_item])
+    assert batch["pixel_values"].shape[0] == 7
+    loss = bundle.model(**batch).loss
+    assert torch.isfinite(loss)
+
+
+def test_synthetic_clips_show_every_event_in_eight_frames_and_none_in_the_middle_one():
+    import random
+
+    rng = random.Random(3)
+    eight, middle = sample_indices(0, 16, 8, FrameSampling(num_frames=8)), sample_indices(0, 16, 8, FrameSampling(
+        num_frames=1))
+    for _ in range(50):
+        story = synthetic_video.make_story(rng)
+        hidden = story["hidden_b"]
+        assert len(hidden) == story["flashes"] and set(hidden) <= set(eight) and not set(hidden) & set(middle)
+        assert all(b - a >= 4 for a, b in zip(hidden, hidden[1:], strict=False))  # separate flashes stay separate
+        assert max(story["appear_a"], story["appear_b"]) < middle[0]  # both shapes are there in the middle frame
+        first_seen = [t for t in eight if t >= min(story["appear_a"], story["appear_b"])][0]
+        assert first_seen < max(story["appear_a"], story["appear_b"])  # 8 frames see who came first
