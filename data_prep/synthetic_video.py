@@ -15,7 +15,8 @@ in two forms: open-ended (task video_qa) and multiple choice with the choices in
 Also one caption per clip (task video_caption), e.g. "a red circle moves left".
 
 Files: videos/<split>_<n>.mp4; <split>.json (training: one multi-turn record per clip with every
-question in both forms; test: one record per question, with `answers` and `choices`); caption_<split>.json.
+question in both forms, in a shuffled order; test: one record per question, with `answers` and
+`choices`); caption_<split>.json.
 """
 
 from __future__ import annotations
@@ -122,9 +123,11 @@ def records(split: str, index: int, story: dict, video: str) -> tuple[list[dict]
                       "conversations": [{"from": "human", "value": "<video>\ndescribe the video."},
                                         {"from": "gpt", "value": caption}]}
     if split == "train":
+        # every question in both forms, in an order of its own per clip: the model has to read the question
+        pairs = [(q, a) for _, q, a, _ in asked] + [(as_choice(q, c), a) for _, q, a, c in asked]
+        random.Random(f"{split}-{index}").shuffle(pairs)
         turns = []
-        for k, (_, question, answer, choices) in enumerate(asked * 2):
-            text = question if k < len(asked) else as_choice(question, choices)
+        for k, (text, answer) in enumerate(pairs):
             turns += [{"from": "human", "value": ("<video>\n" if k == 0 else "") + text},
                       {"from": "gpt", "value": answer}]
         return [{"id": f"train-{index}", "video": video, "task": "video_qa", "conversations": turns}], caption_record
