@@ -24,11 +24,12 @@ import av
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vlft.data.video import FrameSampling, frame_range, sample_indices  # noqa: E402
+from vlft.config import VideoConfig  # noqa: E402
+from vlft.data.video import frame_range, sample_indices  # noqa: E402
 
-STRATEGIES = {"uniform-8": (FrameSampling("uniform", num_frames=8), False),
-              "fps-1": (FrameSampling("fps", fps=1.0, max_frames=16), False),
-              "segment-8": (FrameSampling("uniform", num_frames=8), True)}
+STRATEGIES = {"uniform-8": (VideoConfig("uniform", num_frames=8), False),
+              "fps-1": (VideoConfig("fps", fps=1.0, max_frames=16), False),
+              "segment-8": (VideoConfig("uniform", num_frames=8), True)}
 
 
 def write_clips(directory: Path, count: int, seconds: int = 10, fps: int = 30) -> list[Path]:
@@ -48,13 +49,13 @@ def write_clips(directory: Path, count: int, seconds: int = 10, fps: int = 30) -
     return paths
 
 
-def plan(total: int, fps: float, sampling: FrameSampling, segment: bool) -> list[int]:
+def plan(total: int, fps: float, sampling: VideoConfig, segment: bool) -> list[int]:
     duration = total / fps
     start, end = (duration / 3, 2 * duration / 3) if segment else (None, None)
     return sample_indices(*frame_range(total, fps, start, end), fps, sampling)
 
 
-def decord_frames(path: Path, sampling: FrameSampling, segment: bool) -> int:
+def decord_frames(path: Path, sampling: VideoConfig, segment: bool) -> int:
     import decord
 
     reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
@@ -62,7 +63,7 @@ def decord_frames(path: Path, sampling: FrameSampling, segment: bool) -> int:
     return len(reader.get_batch(indices).asnumpy())
 
 
-def pyav_frames(path: Path, sampling: FrameSampling, segment: bool) -> int:
+def pyav_frames(path: Path, sampling: VideoConfig, segment: bool) -> int:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         fps = float(stream.average_rate)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vlft.adapters.towers import ADAPTABLE_TYPES, multihead_attention_parts, tower_method, tower_prefix
+from vlft.adapters.towers import adaptable_layers, multihead_attention_parts, tower_method, tower_prefix
 from vlft.config import load_config
 
 ANALYZED_TOWERS = ("language", "vision")
@@ -57,9 +57,7 @@ def analyzed_layers(model: torch.nn.Module, towers: dict, adapters_cfg, pattern:
     for tower in ANALYZED_TOWERS:
         if tower not in towers or tower_method(adapters_cfg, tower, towers) == "frozen":
             continue
-        prefix = tower_prefix(model, towers[tower])
-        names += [n for n, m in model.named_modules() if n.startswith(prefix + ".") and
-                  isinstance(m, ADAPTABLE_TYPES) and n not in inside_attention]
+        names += adaptable_layers(model, tower_prefix(model, towers[tower]), inside_attention)
     return [n for n in names if pattern is None or re.search(pattern, n)]
 
 
@@ -76,12 +74,10 @@ def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 def merged_weights(run_dir: Path, cfg, weights_dir: Path, layers: list[str] | None, pattern: str | None):
     """Weights of the analysed layers with the checkpoint's adapters merged; also the layer list."""
-    from peft import PeftModel
-
-    from vlft.eval.run_eval import load_trained
+    from vlft.eval.run_eval import load_trained, with_adapters_merged
 
     bundle = load_trained(run_dir, cfg, weights_dir=weights_dir)
-    model = bundle.model.merge_and_unload() if isinstance(bundle.model, PeftModel) else bundle.model
+    model, _ = with_adapters_merged(bundle.model)
     layers = layers if layers is not None else analyzed_layers(model, bundle.towers, cfg.adapters, pattern)
     return {n: model.get_submodule(n).weight.detach().clone() for n in layers}, layers
 

@@ -96,6 +96,16 @@ class VideoConfig:
         if self.num_frames < 1 or self.max_frames < 1 or self.fps <= 0:
             raise ConfigError("data.video: num_frames and max_frames must be >= 1 and fps > 0")
 
+    def needed(self) -> int:
+        """Fewest frames a clip or segment must give; fewer is `too_short_video`."""
+        if self.min_frames is not None:
+            return self.min_frames
+        return self.num_frames if self.sampling == "uniform" else 1
+
+    def most(self) -> int:
+        """Most frames one video can give (what the token budget must hold)."""
+        return self.num_frames if self.sampling == "uniform" else self.max_frames
+
 
 @dataclass
 class DataConfig:

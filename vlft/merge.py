@@ -17,9 +17,7 @@ from vlft.models import get_family
 
 def merge_run(run_dir: str | Path, out_dir: str | Path) -> dict:
     """Write the merged model of ``run_dir`` into ``out_dir``; return what was done."""
-    from peft import PeftModel
-
-    from vlft.eval.run_eval import load_trained
+    from vlft.eval.run_eval import load_trained, with_adapters_merged
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     config_path = run_dir / "config.yaml"
@@ -29,10 +27,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path) -> dict:
         raise FileExistsError(f"{out_dir} exists and is not empty; give a new directory")
     cfg = load_config(config_path, ["adapters.dora_impl=peft"])  # the merge is peft's own code
     bundle = load_trained(run_dir, cfg)
-    model = bundle.model
-    adapters = isinstance(model, PeftModel)
-    if adapters:
-        model = model.merge_and_unload()
+    model, adapters = with_adapters_merged(bundle.model)
     staging = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

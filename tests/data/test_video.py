@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from vlft.config import VideoConfig
 from vlft.data.records import DataError
-from vlft.data.video import FrameSampling, frame_range, read_frames, sample_indices
+from vlft.data.video import frame_range, read_frames, sample_indices
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "data_prep"))
@@ -34,29 +35,29 @@ def write_video(path: Path, frames: int, fps: int = 8, size: int = 32) -> Path:
 
 
 def test_uniform_takes_the_centre_frame_of_each_equal_part():
-    assert sample_indices(0, 16, 8.0, FrameSampling(num_frames=8)) == [1, 3, 5, 7, 9, 11, 13, 15]
-    assert sample_indices(0, 16, 8.0, FrameSampling(num_frames=1)) == [8]
-    assert sample_indices(0, 5, 8.0, FrameSampling(num_frames=8)) == [0, 1, 2, 3, 4]  # fewer exist: too short
+    assert sample_indices(0, 16, 8.0, VideoConfig(num_frames=8)) == [1, 3, 5, 7, 9, 11, 13, 15]
+    assert sample_indices(0, 16, 8.0, VideoConfig(num_frames=1)) == [8]
+    assert sample_indices(0, 5, 8.0, VideoConfig(num_frames=8)) == [0, 1, 2, 3, 4]  # fewer exist: too short
 
 
 def test_fps_takes_one_frame_per_interval_and_thins_evenly_past_the_cap():
-    assert sample_indices(0, 16, 8.0, FrameSampling("fps", fps=2.0)) == [0, 4, 8, 12]
-    assert sample_indices(0, 16, 8.0, FrameSampling("fps", fps=2.0, max_frames=3)) == [0, 8, 12]
+    assert sample_indices(0, 16, 8.0, VideoConfig("fps", fps=2.0)) == [0, 4, 8, 12]
+    assert sample_indices(0, 16, 8.0, VideoConfig("fps", fps=2.0, max_frames=3)) == [0, 8, 12]
 
 
 def test_segment_in_seconds_restricts_sampling():
     assert frame_range(16, 8.0, 1.0, 2.0) == (8, 16)
     assert frame_range(16, 8.0, None, None) == (0, 16)
-    assert sample_indices(*frame_range(16, 8.0, 1.0, 2.0), 8.0, FrameSampling(num_frames=4)) == [9, 11, 13, 15]
+    assert sample_indices(*frame_range(16, 8.0, 1.0, 2.0), 8.0, VideoConfig(num_frames=4)) == [9, 11, 13, 15]
 
 
 def test_read_frames_returns_the_sampled_frames_in_time_order(tmp_path):
     video = write_video(tmp_path / "ramp.mp4", frames=16)
-    frames = read_frames(video, FrameSampling(num_frames=4), "record 0")
+    frames = read_frames(video, VideoConfig(num_frames=4), "record 0")
     brightness = [int(np.asarray(f).mean().round()) for f in frames]
     assert [f.size for f in frames] == [(32, 32)] * 4
     assert brightness == pytest.approx([10 * t + 20 for t in (2, 6, 10, 14)], abs=3)
-    segment = read_frames(video, FrameSampling(num_frames=2), "record 0", start=1.0, end=2.0)
+    segment = read_frames(video, VideoConfig(num_frames=2), "record 0", start=1.0, end=2.0)
     assert [int(np.asarray(f).mean().round()) for f in segment] == pytest.approx([10 * t + 20 for t in (10, 14)],
                                                                                 abs=3)
 
@@ -82,14 +83,14 @@ def bad_videos(tmp_path: Path) -> dict[str, tuple[Path, str, str]]:
 def test_bad_video_raises_naming_the_record_file_and_reason(tmp_path, name):
     path, reason, says = bad_videos(tmp_path)[name]
     with pytest.raises(DataError, match=rf"^train.json record 3: {re.escape(says)}") as caught:
-        read_frames(path, FrameSampling(num_frames=8), "train.json record 3")
+        read_frames(path, VideoConfig(num_frames=8), "train.json record 3")
     assert caught.value.reason == reason and str(path) in str(caught.value)
 
 
 def test_a_segment_past_the_end_is_too_short(tmp_path):
     video = write_video(tmp_path / "v.mp4", frames=16)  # 2 s
     with pytest.raises(DataError, match=r"0 frame\(s\) in segment \[5.0, 6.0\] s") as caught:
-        read_frames(video, FrameSampling(num_frames=2), "r", start=5.0, end=6.0)
+        read_frames(video, VideoConfig(num_frames=2), "r", start=5.0, end=6.0)
     assert caught.value.reason == "too_short_video"
 
 
@@ -117,7 +118,7 @@ def test_skip_counts_bad_videos_by_reason_and_keeps_the_good_one(tmp_path):
     bundle = vl_bart.load(vl_bart.ModelConfig(family="vl_bart"),
                           str(vl_bart.build_tiny(tiny, ["which way ?", "up"], tmp_path / "model")))
     dataset = QuestionAnswerDataset(str(video_records(tmp_path)), bundle, str(tmp_path), max_length=32,
-                                    on_error="skip", video=FrameSampling(num_frames=8))
+                                    on_error="skip", video=VideoConfig(num_frames=8))
     assert dataset.skips.counts() == {"missing_video": 1}  # known before training: the file is not there
     items = [dataset[i] for i in range(len(dataset))]
     batch = Seq2SeqCollator(bundle.tokenizer.pad_token_id)(items)
@@ -149,7 +150,7 @@ def test_llava_video_record_gives_one_image_token_run_per_frame(tmp_path):
     base = llava.build_tiny(cfg.model.tiny, ["which way ?", "up"], tmp_path / "model")
     bundle = llava.load(cfg.model, str(base))
     dataset = ConversationDataset(str(records), bundle, str(tmp_path), max_length=256, on_error="skip",
-                                  video=FrameSampling(num_frames=4, min_frames=2))
+                                  video=VideoConfig(num_frames=4, min_frames=2))
     good = next(i for i, r in enumerate(dataset.records) if r["id"] == "good")
     short = next(i for i, r in enumerate(dataset.records) if r["id"] == "short")
     item, short_item = dataset[good], dataset[short]  # 3 frames >= min_frames 2: kept, with 3 frames
@@ -165,7 +166,7 @@ def test_synthetic_clips_show_every_event_in_eight_frames_and_none_in_the_middle
     import random
 
     rng = random.Random(3)
-    eight, middle = sample_indices(0, 16, 8, FrameSampling(num_frames=8)), sample_indices(0, 16, 8, FrameSampling(
+    eight, middle = sample_indices(0, 16, 8, VideoConfig(num_frames=8)), sample_indices(0, 16, 8, VideoConfig(
         num_frames=1))
     for _ in range(50):
         story = synthetic_video.make_story(rng)

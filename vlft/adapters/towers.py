@@ -49,6 +49,12 @@ def multihead_attention_parts(model: nn.Module) -> set[str]:
             if isinstance(module, nn.MultiheadAttention) for child, _ in module.named_modules() if child}
 
 
+def adaptable_layers(model: nn.Module, prefix: str, excluded: set[str]) -> list[str]:
+    """Names of the nn.Linear and nn.Conv2d modules under ``prefix``, less ``excluded``."""
+    return [name for name, module in model.named_modules()
+            if name.startswith(prefix + ".") and isinstance(module, ADAPTABLE_TYPES) and name not in excluded]
+
+
 def resolve_tower_targets(model: nn.Module, towers: dict[str, tuple[str, ...]], cfg: AdaptersConfig) -> TowerTargets:
     """Map each tower's method to concrete module names.
 
@@ -58,6 +64,7 @@ def resolve_tower_targets(model: nn.Module, towers: dict[str, tuple[str, ...]], 
     """
     targets = TowerTargets()
     adapted_methods = set()
+    inside_attention = multihead_attention_parts(model)
     for tower in TOWER_NAMES:
         method = tower_method(cfg, tower, towers)
         if method == "frozen":
@@ -69,10 +76,7 @@ def resolve_tower_targets(model: nn.Module, towers: dict[str, tuple[str, ...]], 
             targets.full.append(prefix)
             continue
         adapted_methods.add(method)
-        inside_attention = multihead_attention_parts(model)
-        for name, module in model.named_modules():
-            if name.startswith(prefix + ".") and isinstance(module, ADAPTABLE_TYPES) and name not in inside_attention:
-                targets.adapted.append(name)
+        targets.adapted += adaptable_layers(model, prefix, inside_attention)
     if len(adapted_methods) > 1:
         raise ValueError("adapters: one run uses either lora or dora on its adapted towers, not both "
                          f"(got {', '.join(f'{t}: {tower_method(cfg, t, towers)}' for t in TOWER_NAMES)})")

@@ -8,6 +8,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from vlft.config import VideoConfig
 from vlft.data.conversation import IGNORE_INDEX, TokenSpec, encode_conversation, encode_prompt, image_tokens_end
 from vlft.data.records import (
     IMAGE_PLACEHOLDER,
@@ -21,7 +22,7 @@ from vlft.data.records import (
     validate_record,
 )
 from vlft.data.skips import SkipLog
-from vlft.data.video import FrameSampling, read_frames
+from vlft.data.video import read_frames
 from vlft.models.base import ModelBundle
 
 
@@ -55,8 +56,8 @@ class _RecordDataset(Dataset):
     max_images = 1  # images per record the family's model takes
 
     def __init__(self, path: str | Path | list, bundle: ModelBundle, image_folder: str,
-                 max_samples: int | None = None, on_error: str = "raise", video: FrameSampling | None = None):
-        self.video = video or FrameSampling()  # how frames are taken from video records
+                 max_samples: int | None = None, on_error: str = "raise", video: VideoConfig | None = None):
+        self.video = video or VideoConfig()  # how frames are taken from video records
         self.paths = data_files(path)  # several files are mixed, in order (multitask training)
         self.path, self.bundle, self.image_folder = ", ".join(self.paths), bundle, image_folder
         self.spec = token_spec(bundle) if bundle.tokenizer is not None else None
@@ -134,18 +135,22 @@ def with_frames(turns: list[dict], frames: int) -> list[dict]:
     return [{**t, "value": t["value"].replace(VIDEO_PLACEHOLDER, IMAGE_PLACEHOLDER * frames)} for t in turns]
 
 
+def turns_for(record: dict, turns: list[dict], item: dict) -> list[dict]:
+    """The turns to encode: a video record's placeholder expanded to the frames actually read."""
+    return with_frames(turns, len(item["pixel_values"])) if record.get("video") else turns
+
+
 class ConversationDataset(_RecordDataset):
     """Training examples: input_ids, labels (answers only) and pixel_values."""
 
     def __init__(self, path: str | Path, bundle: ModelBundle, image_folder: str, max_length: int,
-                 on_error: str = "raise", video: FrameSampling | None = None):
+                 on_error: str = "raise", video: VideoConfig | None = None):
         self.max_length = max_length
         super().__init__(path, bundle, image_folder, on_error=on_error, video=video)
 
     def check(self, record: dict, where: str) -> None:
         super().check(record, where)
-        most_frames = self.video.num_frames if self.video.sampling == "uniform" else self.video.max_frames
-        turns = with_frames(record["conversations"], most_frames)
+        turns = with_frames(record["conversations"], self.video.most())
         end = image_tokens_end(turns, self.bundle.tokenizer, self.bundle.template, self.spec)
         if end > self.max_length:
             raise DataError(f"{where}: its image tokens end at position {end}, beyond data.max_length="
@@ -154,9 +159,7 @@ class ConversationDataset(_RecordDataset):
 
     def item(self, index: int) -> dict:
         item = self.add_pixel_values({}, index)
-        turns = self.records[index]["conversations"]
-        if self.records[index].get("video"):
-            turns = with_frames(turns, len(item["pixel_values"]))
+        turns = turns_for(self.records[index], self.records[index]["conversations"], item)
         input_ids, labels = encode_conversation(turns, self.bundle.tokenizer, self.bundle.template, self.spec,
                                                 self.max_length, self.where(index))
         return {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels), **item}
@@ -168,9 +171,7 @@ class PromptDataset(_RecordDataset):
     def item(self, index: int) -> dict:
         record = self.records[index]
         item = self.add_pixel_values({"index": index, "references": references(record)}, index)
-        turns = question_turns(record)
-        if record.get("video"):
-            turns = with_frames(turns, len(item["pixel_values"]))
+        turns = turns_for(record, question_turns(record), item)
         ids = encode_prompt(turns, self.bundle.tokenizer, self.bundle.template, self.spec)
         return {"input_ids": torch.tensor(ids), **item}
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
+from vlft.config import VideoConfig
 from vlft.data.conversation import IGNORE_INDEX
 from vlft.data.dataset import _RecordDataset
 from vlft.data.features import FeatureStore
 from vlft.data.records import IMAGE_PLACEHOLDER, ROLES, VIDEO_PLACEHOLDER, DataError, image_paths, references
-from vlft.data.video import FrameSampling
 from vlft.models.base import ModelBundle
 from vlft.models.vl_bart_modeling import MAX_IMAGES
 
@@ -24,10 +24,14 @@ TASK_PREFIX = {"vqa": "vqa: ", "gqa": "gqa: ", "nlvr2": "nlvr: ", "caption": "ca
                "video_mc": "vqa: ", "video_caption": "caption: "}
 
 
+def question_text(turn: dict) -> str:
+    """A user turn's text without its image/video placeholders (the encoder gets the visual tokens)."""
+    return turn["value"].replace(IMAGE_PLACEHOLDER, " ").replace(VIDEO_PLACEHOLDER, " ").strip()
+
+
 def question_answer_pairs(record: dict) -> list[tuple[str, str]]:
     turns = record["conversations"]
-    return [(turns[i]["value"].replace(IMAGE_PLACEHOLDER, " ").replace(VIDEO_PLACEHOLDER, " ").strip(),
-             turns[i + 1]["value"])
+    return [(question_text(turns[i]), turns[i + 1]["value"])
             for i in range(len(turns) - 1)
             if ROLES[turns[i]["from"]] == "user" and ROLES[turns[i + 1]["from"]] == "assistant"]
 
@@ -39,7 +43,7 @@ class QuestionAnswerDataset(_RecordDataset):
 
     def __init__(self, path: str | Path | list, bundle: ModelBundle, image_folder: str, max_length: int,
                  max_samples: int | None = None, on_error: str = "raise", for_eval: bool = False,
-                 features: FeatureStore | None = None, video: FrameSampling | None = None):
+                 features: FeatureStore | None = None, video: VideoConfig | None = None):
         self.features = features  # pre-extracted visual features instead of images
         super().__init__(path, bundle, image_folder, max_samples, on_error, video)
         self.max_length, self.for_eval = max_length, for_eval
@@ -47,8 +51,7 @@ class QuestionAnswerDataset(_RecordDataset):
         for index, record in enumerate(self.records):
             pairs = question_answer_pairs(record)
             if for_eval:
-                question = record["conversations"][-2 if pairs else -1]["value"]
-                pairs = [(question.replace(IMAGE_PLACEHOLDER, " ").replace(VIDEO_PLACEHOLDER, " ").strip(), None)]
+                pairs = [(question_text(record["conversations"][-2 if pairs else -1]), None)]
             self.examples += [(index, q, a) for q, a in pairs]
 
     def check(self, record: dict, where: str) -> None:

@@ -15,33 +15,13 @@ with fewer frames than needed (too short) raise DataError naming the file, with 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from vlft.config import VideoConfig
 from vlft.data.records import DataError
-
-
-@dataclass(frozen=True)
-class FrameSampling:
-    sampling: str = "uniform"  # uniform | fps
-    num_frames: int = 8
-    fps: float = 1.0
-    max_frames: int = 16
-    min_frames: int | None = None  # fewer frames than this is "too short"; None: num_frames (uniform) or 1 (fps)
-
-    def needed(self) -> int:
-        if self.min_frames is not None:
-            return self.min_frames
-        return self.num_frames if self.sampling == "uniform" else 1
-
-
-def frame_sampling(cfg) -> FrameSampling:
-    """The run config's data.video as a FrameSampling."""
-    video = cfg.data.video
-    return FrameSampling(video.sampling, video.num_frames, video.fps, video.max_frames, video.min_frames)
 
 
 def frame_range(num_frames: int, video_fps: float, start: float | None, end: float | None) -> tuple[int, int]:
@@ -51,7 +31,7 @@ def frame_range(num_frames: int, video_fps: float, start: float | None, end: flo
     return first, last
 
 
-def sample_indices(first: int, last: int, video_fps: float, sampling: FrameSampling) -> list[int]:
+def sample_indices(first: int, last: int, video_fps: float, sampling: VideoConfig) -> list[int]:
     """Frame indices to decode from [first, last), as `sampling` says (may be fewer than needed)."""
     count = last - first
     if count <= 0:
@@ -81,7 +61,7 @@ def _open(path: Path, where: str):
         raise DataError(f"{where}: cannot read video {path}: {message}", reason="corrupt_video", where=where) from None
 
 
-def read_frames(path: str | Path, sampling: FrameSampling, where: str, start: float | None = None,
+def read_frames(path: str | Path, sampling: VideoConfig, where: str, start: float | None = None,
                 end: float | None = None) -> list[Image.Image]:
     """The sampled frames of one video (or of its [start, end] segment) as RGB images, in time order."""
     import decord

@@ -8,7 +8,6 @@ from pathlib import Path
 from vlft.config import RunConfig
 from vlft.data.dataset import PromptDataset
 from vlft.data.records import DataError, references
-from vlft.data.video import frame_sampling
 from vlft.eval.generate import generate_answers
 from vlft.eval.tasks import score_by_task
 from vlft.models.base import ModelBundle
@@ -23,7 +22,7 @@ def evaluate_vqa(model, bundle: ModelBundle, cfg: RunConfig, device="cpu", synce
     families reuse it."""
     if dataset is None:
         dataset = PromptDataset(cfg.data.eval, bundle, cfg.data.image_folder, cfg.eval.max_samples,
-                                on_error=cfg.data.on_error, video=frame_sampling(cfg))
+                                on_error=cfg.data.on_error, video=cfg.data.video)
     answers = generate_answers(model, dataset, cfg.eval.batch_size, cfg.eval.max_new_tokens,
                                synced_gpus=synced_gpus, device=device, **generate_kwargs)
     # questions skipped under on_error: skip are left out of the score and counted

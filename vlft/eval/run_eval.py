@@ -59,6 +59,13 @@ def load_trained(run_dir: str | Path, cfg: RunConfig, weights_dir: str | Path | 
     return bundle
 
 
+def with_adapters_merged(model: torch.nn.Module) -> tuple[torch.nn.Module, bool]:
+    """(the model with its DoRA/LoRA adapters folded in by peft's own merge, whether it had any)."""
+    from peft import PeftModel
+
+    return (model.merge_and_unload(), True) if isinstance(model, PeftModel) else (model, False)
+
+
 def evaluate_run(run: str, overrides: list[str] | tuple = (), out_dir: str | None = None) -> dict:
     run_path = Path(run)
     if run_path.is_dir():

@@ -154,18 +154,16 @@ def load_for_run(cfg: RunConfig, path: str, with_model: bool = True) -> ModelBun
 
 def train_dataset(cfg: RunConfig, bundle: ModelBundle, on_error: str | None = None):
     from vlft.data.dataset import ConversationDataset
-    from vlft.data.video import frame_sampling
 
     return ConversationDataset(cfg.data.train, bundle, cfg.data.image_folder, cfg.data.max_length,
-                               on_error=on_error or cfg.data.on_error, video=frame_sampling(cfg))
+                               on_error=on_error or cfg.data.on_error, video=cfg.data.video)
 
 
 def eval_dataset(cfg: RunConfig, bundle: ModelBundle, on_error: str | None = None):
     from vlft.data.dataset import PromptDataset
-    from vlft.data.video import frame_sampling
 
     return PromptDataset(cfg.data.eval, bundle, cfg.data.image_folder, cfg.eval.max_samples,
-                         on_error=on_error or cfg.data.on_error, video=frame_sampling(cfg))
+                         on_error=on_error or cfg.data.on_error, video=cfg.data.video)
 
 
 def collator(bundle: ModelBundle):

@@ -151,20 +151,18 @@ def feature_store(cfg):
 
 def train_dataset(cfg, bundle: ModelBundle, on_error: str | None = None):
     from vlft.data.seq2seq import QuestionAnswerDataset
-    from vlft.data.video import frame_sampling
 
     return QuestionAnswerDataset(cfg.data.train, bundle, cfg.data.image_folder, cfg.data.max_length,
                                  on_error=on_error or cfg.data.on_error, features=feature_store(cfg),
-                                 video=frame_sampling(cfg))
+                                 video=cfg.data.video)
 
 
 def eval_dataset(cfg, bundle: ModelBundle, on_error: str | None = None):
     from vlft.data.seq2seq import QuestionAnswerDataset
-    from vlft.data.video import frame_sampling
 
     return QuestionAnswerDataset(cfg.data.eval, bundle, cfg.data.image_folder, cfg.data.max_length,
                                  cfg.eval.max_samples, on_error=on_error or cfg.data.on_error, for_eval=True,
-                                 features=feature_store(cfg), video=frame_sampling(cfg))
+                                 features=feature_store(cfg), video=cfg.data.video)
 
 
 def collator(bundle: ModelBundle):
