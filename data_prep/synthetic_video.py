@@ -5,8 +5,10 @@
 Each clip (64x64, 16 frames at 8 fps) shows two shapes of different kinds and colours. Shape A enters
 first or second and moves left, right, up or down; shape B flashes (vanishes for a frame) one, two or
 three times. Timings are set so that 8 uniformly sampled frames see every event and the middle frame
-alone sees none. Start positions are drawn so that where A is at the middle of the clip says nothing about
-its direction. Questions, with a `category`:
+alone sees none. A crosses most of the frame (40 of 64 px), and its path's middle is drawn from the same
+square whatever the direction, so that where A is in the middle frame says nothing about its direction; B
+stays clear of the paths A could take in any direction, so that A never hides B's flashes and B's place
+beside A does not give away A's axis. Questions, with a `category`:
 - direction: "which way does the red circle move?" (left / right / up / down)    -- needs time
 - order: "which shape appears first?" (the kind of A or of B)                    -- needs time
 - count: "how many times does the blue square flash?" (one / two / three)         -- needs time
@@ -32,7 +34,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm.auto import tqdm
 
-SIZE, FRAMES, FPS, RADIUS, TRAVEL = 64, 16, 8, 7, 24
+SIZE, FRAMES, FPS, RADIUS, TRAVEL = 64, 16, 8, 7, 40
 COLORS = {"red": (220, 40, 40), "blue": (40, 70, 220), "green": (40, 170, 60), "yellow": (230, 200, 30)}
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
@@ -49,6 +51,13 @@ def draw_shape(draw: ImageDraw.ImageDraw, kind: str, color: str, x: float, y: fl
         draw.polygon([(x, y - RADIUS), (x - RADIUS, y + RADIUS), (x + RADIUS, y + RADIUS)], fill=COLORS[color])
 
 
+def distance_to_segment(point, start, end) -> float:
+    (px, py), (ax, ay), (bx, by) = point, start, end
+    length2 = (bx - ax) ** 2 + (by - ay) ** 2
+    t = max(0.0, min(1.0, ((px - ax) * (bx - ax) + (py - ay) * (by - ay)) / length2))
+    return ((px - ax - t * (bx - ax)) ** 2 + (py - ay - t * (by - ay)) ** 2) ** 0.5
+
+
 def make_story(rng: random.Random) -> dict:
     kind_a, kind_b = rng.sample(SHAPES, 2)
     color_a, color_b = rng.sample(list(COLORS), 2)
@@ -57,11 +66,17 @@ def make_story(rng: random.Random) -> dict:
     early, late = rng.randint(0, 1), 4  # both are on screen by the middle frame (8)
     flashes = rng.choice(list(COUNTS))
     dx, dy = DIRECTIONS[direction]
-    # the path's middle is uniform over the same range whatever the direction
-    mid = (rng.uniform(20, 44), rng.uniform(20, 44))
+    # the path's middle is uniform over the same square whatever the direction (one frame cannot tell it);
+    # the path crosses most of the frame, so that its direction shows at a coarse (patch) scale
+    reach = SIZE / 2 - RADIUS - TRAVEL / 2
+    mid = (rng.uniform(SIZE / 2 - reach, SIZE / 2 + reach), rng.uniform(SIZE / 2 - reach, SIZE / 2 + reach))
     start = (mid[0] - dx * TRAVEL / 2, mid[1] - dy * TRAVEL / 2)
+    # B stays clear of the paths A would take in all four directions, not just its own: A never hides B's
+    # flashes, and where B sits next to A in one frame says nothing about A's axis of motion
+    paths = [((mid[0] - TRAVEL / 2, mid[1]), (mid[0] + TRAVEL / 2, mid[1])),
+             ((mid[0], mid[1] - TRAVEL / 2), (mid[0], mid[1] + TRAVEL / 2))]
     spot_b = (rng.uniform(12, 52), rng.uniform(12, 52))
-    while abs(spot_b[0] - mid[0]) < 14 and abs(spot_b[1] - mid[1]) < 14:  # keep B clear of A's path middle
+    while min(distance_to_segment(spot_b, *path) for path in paths) < 2 * RADIUS + 2:
         spot_b = (rng.uniform(12, 52), rng.uniform(12, 52))
     appear_b = late if a_first else early
     # B vanishes for single odd frames, 4 apart: 8 uniformly sampled frames (1, 3, ..., 15) see every flash,

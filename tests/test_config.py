@@ -37,6 +37,17 @@ def test_value_check_in_post_init_names_the_field():
         config_from_dict({**BASE, "adapters": {"r": 0}})
 
 
+def test_group_by_record_is_refused_for_a_family_that_does_not_take_it(tmp_path):
+    from vlft.train.preflight import check_paths
+
+    (tmp_path / "t.json").write_text("[]")
+    cfg = config_from_dict({"data": {"train": str(tmp_path / "t.json"), "image_folder": str(tmp_path),
+                                     "group_by_record": True},
+                            "training": {"output_dir": "out"}, "model": {"family": "llava"}})
+    with pytest.raises(ConfigError, match=r"run.yaml: data.group_by_record applies to the vl_bart family \(a llava"):
+        check_paths(cfg, "run.yaml")
+
+
 def test_overrides_parse_yaml_scalars_and_lists():
     cfg = config_from_dict(BASE, ["training.lr=3e-4", "adapters.r=32", "training.report_to=[tensorboard]",
                                   "training.deepspeed=null"])

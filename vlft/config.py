@@ -117,6 +117,10 @@ class DataConfig:
     features: str | None = _help("vl_bart: a directory of visual features pre-extracted by "
                                  "data_prep/extract_clip_features.py, read instead of images (vision frozen).", None)
     max_length: int = _help("Maximum tokens per example, image tokens included.", 2048)
+    group_by_record: bool = _help(
+        "vl_bart training: all questions of a record form one example, so its image or video goes through the "
+        "vision tower once for all of them (per_device_batch_size then counts records); false: one example "
+        "per question.", False)
     num_workers: int = _help("DataLoader worker processes.", 0)
     system_prompt: str = _help("Text placed before the first user turn.", "")
     on_error: Literal["raise", "skip"] = _help(

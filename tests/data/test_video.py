@@ -131,6 +131,44 @@ def test_skip_counts_bad_videos_by_reason_and_keeps_the_good_one(tmp_path):
     assert grid_features(bundle.model.vision, batch["pixel_values"][0]).shape[0] == 8
 
 
+def test_grouped_questions_of_a_clip_share_one_pass_of_the_vision_tower_with_the_same_loss(tmp_path):
+    """data.group_by_record: a clip with three questions is one example; its frames go through the vision
+    tower once, and the logits and the loss are those of the three questions as separate examples."""
+    from vlft.data.seq2seq import QuestionAnswerDataset, Seq2SeqCollator
+    from vlft.models import vl_bart
+
+    write_video(tmp_path / "clip.mp4", frames=16)
+    turns = [{"from": f, "value": v} for f, v in [("human", "<video>\nwhich way?"), ("gpt", "up"),
+                                                    ("human", "how many times?"), ("gpt", "two"),
+                                                    ("human", "what color?"), ("gpt", "red green")]]
+    records = [{"id": "c", "video": "clip.mp4", "task": "video_qa", "conversations": turns}]
+    (tmp_path / "train.json").write_text(json.dumps(records))
+    tiny = vl_bart.TinyModelConfig(image_size=32, vision_hidden_size=32, text_hidden_size=32, text_layers=1,
+                                   num_heads=2)
+    texts = ["which way ? how many times ? what color ?", "up two red green"]
+    bundle = vl_bart.load(vl_bart.ModelConfig(family="vl_bart"), str(vl_bart.build_tiny(tiny, texts, tmp_path / "m")))
+    kwargs = {"max_length": 32, "video": VideoConfig(num_frames=4)}
+    separate = QuestionAnswerDataset(str(tmp_path / "train.json"), bundle, str(tmp_path), **kwargs)
+    grouped = QuestionAnswerDataset(str(tmp_path / "train.json"), bundle, str(tmp_path), group_by_record=True,
+                                    **kwargs)
+    assert (len(separate), len(grouped)) == (3, 1)
+    collate = Seq2SeqCollator(bundle.tokenizer.pad_token_id)
+    one, three = collate([grouped[0]]), collate([separate[i] for i in range(3)])
+    assert one["pixel_values"].shape == (1, 4, 3, 32, 32) and three["pixel_values"].shape == (3, 4, 3, 32, 32)
+    assert one["visual_index"].tolist() == [0, 0, 0] and "visual_index" not in three
+    for key in ("input_ids", "attention_mask", "labels"):
+        assert torch.equal(one[key], three[key])
+    model = bundle.model.eval()
+    seen = []
+    stem = model.vision.conv1  # grid features enter the ResNet at its stem
+    hook = stem.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[0]))
+    out_one, out_three = model(**one), model(**three)
+    hook.remove()
+    assert seen == [4, 12]  # frames through the tower: 4 for the grouped clip, 4 per question otherwise
+    torch.testing.assert_close(out_one.logits, out_three.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out_one.loss, out_three.loss, rtol=1e-6, atol=1e-6)
+
+
 def test_vl_bart_pools_frames_past_its_groups_in_time_order():
     from vlft.models.vl_bart_modeling import pool_frames
 
@@ -176,3 +214,13 @@ def test_synthetic_clips_show_every_event_in_eight_frames_and_none_in_the_middle
         assert max(story["appear_a"], story["appear_b"]) < middle[0]  # both shapes are there in the middle frame
         first_seen = [t for t in eight if t >= min(story["appear_a"], story["appear_b"])][0]
         assert first_seen < max(story["appear_a"], story["appear_b"])  # 8 frames see who came first
+        dx, dy = synthetic_video.DIRECTIONS[story["direction"]]
+        travel, radius, size = synthetic_video.TRAVEL, synthetic_video.RADIUS, synthetic_video.SIZE
+        end = (story["start"][0] + dx * travel, story["start"][1] + dy * travel)
+        assert all(radius <= c <= size - radius for c in (*story["start"], *end))  # A stays in the frame
+        middle_xy = [(a + b) / 2 for a, b in zip(story["start"], end, strict=True)]
+        assert all(abs(c - size / 2) <= 5 for c in middle_xy)  # the same square for every direction
+        middle = tuple(middle_xy)
+        for turned in ((travel / 2, 0), (0, travel / 2)):  # clear of A's path in every direction
+            ends = [(middle[0] + k * turned[0], middle[1] + k * turned[1]) for k in (-1, 1)]
+            assert synthetic_video.distance_to_segment(story["spot_b"], *ends) >= 2 * radius + 2

@@ -161,3 +161,29 @@ def test_pre_extracted_features_give_the_logits_of_the_vision_tower(tmp_path, sh
     cfg.adapters.vision = "dora"
     with pytest.raises(ConfigError, match="pre-extracted features stand for a frozen vision tower"):
         check_paths(cfg)
+
+
+def test_dry_run_of_a_tiny_vl_bart_and_a_named_vit(tmp_path, shapes_data, capsys):
+    """--dry-run builds a tiny model of any family from its config and prints each tower's trainable share;
+    a named model of a family without an offline architecture is refused with a message, not a traceback."""
+    import yaml
+
+    from vlft.cli import main
+
+    cfg_dict = tiny_config_dict(shapes_data, tmp_path / "run")
+    cfg_dict["model"] = {"family": "vl_bart", "name_or_path": "tiny", "tiny": vars(TINY)}
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(cfg_dict))
+    assert main(["train", str(config_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (
+        ["language"], ["vision"], ["projector"], ["total"])}
+    assert rows["vision"][1] == "dora" and rows["projector"][1] == "full"
+    assert rows["projector"][2] == rows["projector"][3]  # a fully trained tower: every parameter trainable
+    total, trainable = (int(rows["total"][i].replace(",", "")) for i in (1, 2))
+    assert 0 < trainable < total and f"trainable: {trainable:,} of {total:,}" in out
+    assert not (tmp_path / "run").exists()  # nothing written to the run directory
+
+    config_path.write_text(yaml.safe_dump({**cfg_dict, "model": {"family": "vit", "name_or_path": "vit_base_patch16_224"}}))
+    assert main(["train", str(config_path), "--dry-run"]) == 2
+    assert "--dry-run of a named vit model is not supported" in capsys.readouterr().err

@@ -43,16 +43,20 @@ class QuestionAnswerDataset(_RecordDataset):
 
     def __init__(self, path: str | Path | list, bundle: ModelBundle, image_folder: str, max_length: int,
                  max_samples: int | None = None, on_error: str = "raise", for_eval: bool = False,
-                 features: FeatureStore | None = None, video: VideoConfig | None = None):
+                 features: FeatureStore | None = None, video: VideoConfig | None = None,
+                 group_by_record: bool = False):
         self.features = features  # pre-extracted visual features instead of images
         super().__init__(path, bundle, image_folder, max_samples, on_error, video)
-        self.max_length, self.for_eval = max_length, for_eval
-        self.examples = []  # (record index, question, answer)
+        self.max_length, self.for_eval, self.grouped = max_length, for_eval, group_by_record and not for_eval
+        self.examples = []  # (record index, [(question, answer), ...]): the questions of one example
         for index, record in enumerate(self.records):
             pairs = question_answer_pairs(record)
             if for_eval:
-                pairs = [(question_text(record["conversations"][-2 if pairs else -1]), None)]
-            self.examples += [(index, q, a) for q, a in pairs]
+                self.examples.append((index, [(question_text(record["conversations"][-2 if pairs else -1]), None)]))
+            elif self.grouped and pairs:  # one visual input for all of a record's questions
+                self.examples.append((index, pairs))
+            else:
+                self.examples += [(index, [pair]) for pair in pairs]
 
     def check(self, record: dict, where: str) -> None:
         if not record.get("image") and not record.get("video"):
@@ -82,15 +86,18 @@ class QuestionAnswerDataset(_RecordDataset):
         return self.bundle.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def item(self, index: int) -> dict:
-        record_index, question, answer = self.examples[index]
+        """input_ids (and labels) of the example's question, or lists of them for a grouped record."""
+        record_index, pairs = self.examples[index]
         record, tok = self.records[record_index], self.bundle.tokenizer
         prefix = TASK_PREFIX[record.get("task", "vqa")]
-        source = [tok.bos_token_id, *self._ids(prefix + question)][: self.max_length - 1]
-        item = {"input_ids": torch.tensor([*source, tok.eos_token_id])}
+        sources = [[tok.bos_token_id, *self._ids(prefix + question)][: self.max_length - 1] for question, _ in pairs]
+        item = {"input_ids": [torch.tensor([*source, tok.eos_token_id]) for source in sources]}
         if self.for_eval:
             item.update(index=record_index, references=references(record))
         else:
-            item["labels"] = torch.tensor([*self._ids(answer), tok.eos_token_id])
+            item["labels"] = [torch.tensor([*self._ids(answer), tok.eos_token_id]) for _, answer in pairs]
+        if not self.grouped:
+            item = {key: value[0] if isinstance(value, list) else value for key, value in item.items()}
         return {**item, **self.visual_inputs(record_index)}
 
     def visual_inputs(self, record_index: int) -> dict[str, torch.Tensor]:
@@ -115,6 +122,10 @@ def _pad(sequences: list[torch.Tensor], value: int) -> torch.Tensor:
     return out
 
 
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
 def _pad_images(stacks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, most images, ...) pixel values or features, and the (B, most images) mask of real ones."""
     most = max(len(s) for s in stacks)
@@ -136,12 +147,16 @@ class Seq2SeqCollator:
         items = [it for it in items if "skipped" not in it]
         if not items:
             raise DataError(f"every example of a batch failed to load, e.g. {skipped[0][2]}", reason=None)
-        batch = {"input_ids": _pad([it["input_ids"] for it in items], self.pad_token_id),
-                 "attention_mask": _pad([torch.ones_like(it["input_ids"]) for it in items], 0)}
+        # a grouped record brings several questions (rows) that share its one visual input
+        rows = [(n, ids) for n, it in enumerate(items) for ids in _as_list(it["input_ids"])]
+        batch = {"input_ids": _pad([ids for _, ids in rows], self.pad_token_id),
+                 "attention_mask": _pad([torch.ones_like(ids) for _, ids in rows], 0)}
         visual = "visual_features" if "visual_features" in items[0] else "pixel_values"
         batch[visual], batch["image_mask"] = _pad_images([it[visual] for it in items])
+        if len(rows) > len(items):
+            batch["visual_index"] = torch.tensor([n for n, _ in rows])
         if "labels" in items[0]:
-            batch["labels"] = _pad([it["labels"] for it in items], IGNORE_INDEX)
+            batch["labels"] = _pad([label for it in items for label in _as_list(it["labels"])], IGNORE_INDEX)
         if self.for_generation:
             batch["index"] = [it["index"] for it in items]
             batch["references"] = [it["references"] for it in items]

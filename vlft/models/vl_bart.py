@@ -154,7 +154,7 @@ def train_dataset(cfg, bundle: ModelBundle, on_error: str | None = None):
 
     return QuestionAnswerDataset(cfg.data.train, bundle, cfg.data.image_folder, cfg.data.max_length,
                                  on_error=on_error or cfg.data.on_error, features=feature_store(cfg),
-                                 video=cfg.data.video)
+                                 video=cfg.data.video, group_by_record=cfg.data.group_by_record)
 
 
 def eval_dataset(cfg, bundle: ModelBundle, on_error: str | None = None):

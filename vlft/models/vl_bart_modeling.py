@@ -93,10 +93,13 @@ class VLBart(nn.Module):
                 module.eval()
         return self
 
-    def encoder_inputs(self, input_ids, attention_mask, pixel_values=None, image_mask=None, visual_features=None):
+    def encoder_inputs(self, input_ids, attention_mask, pixel_values=None, image_mask=None, visual_features=None,
+                       visual_index=None):
         """Visual tokens of every image, then the text. pixel_values: (B, C, H, W) or, with several
         images per record, (B, images, C, H, W) with image_mask (B, images) marking the real ones;
-        or visual_features (B, images, cells, channels), pre-extracted by the same vision tower."""
+        or visual_features (B, images, cells, channels), pre-extracted by the same vision tower.
+        visual_index (rows,): the visual input of each text row, when several rows share one (the
+        questions of one video go through the vision tower once)."""
         if visual_features is None:
             if pixel_values.dim() == 4:
                 pixel_values = pixel_values.unsqueeze(1)
@@ -106,6 +109,8 @@ class VLBart(nn.Module):
         batch, images = visual_features.shape[:2]
         if image_mask is None:
             image_mask = attention_mask.new_ones(batch, images)
+        if visual_index is not None:
+            visual_features, image_mask = visual_features[visual_index], image_mask[visual_index]
         groups = self.projector.image_index.num_embeddings
         visual_features, image_mask = pool_frames(visual_features, image_mask, groups)
         visual = self.projector(visual_features.to(self.projector.linear.weight.dtype))
@@ -120,8 +125,9 @@ class VLBart(nn.Module):
         return embeds, mask
 
     def forward(self, input_ids, attention_mask, pixel_values=None, labels=None, image_mask=None,
-                visual_features=None, **_):
-        embeds, mask = self.encoder_inputs(input_ids, attention_mask, pixel_values, image_mask, visual_features)
+                visual_features=None, visual_index=None, **_):
+        embeds, mask = self.encoder_inputs(input_ids, attention_mask, pixel_values, image_mask, visual_features,
+                                           visual_index)
         return self.language(inputs_embeds=embeds, attention_mask=mask, labels=labels)
 
     @torch.no_grad()

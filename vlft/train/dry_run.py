@@ -1,29 +1,33 @@
-"""Check a recipe without weights: the architecture on the meta device, adapters applied, parameters counted."""
+"""Check a recipe without its weights: the model built (a named LLaVA on the meta device; a tiny build of any
+family from its config), adapters applied, trainable parameters counted per tower."""
 
 from __future__ import annotations
 
 import tempfile
 
 from vlft.adapters import apply_adapters, trainable_summary
-from vlft.config import RunConfig
+from vlft.config import ConfigError, RunConfig
 from vlft.models import get_family
+
+
+def _model_without_weights(cfg: RunConfig, family, tmp: str):
+    if cfg.model.name_or_path == "tiny":  # tiny builds are small: build, save and load as a run would
+        path = family.build_tiny_for_run(cfg, tmp)
+        return family.load_for_run(cfg, str(path)).model
+    if not hasattr(family, "architecture_config"):
+        raise ConfigError(f"--dry-run of a named {cfg.model.family} model is not supported (it needs the "
+                          "weights to know the architecture); it works for llava names and for tiny builds")
+    return family.build_on_meta(family.architecture_config(cfg.model.name_or_path))
 
 
 def dry_run(cfg: RunConfig) -> dict:
     """Print the trainable-parameter table of cfg's model and return the totals. No weights, no network."""
     family = get_family(cfg.model.family)
-    if cfg.model.name_or_path == "tiny":
-        from vlft.train.run import training_texts
-
-        with tempfile.TemporaryDirectory() as tmp:
-            family.build_tiny(cfg.model.tiny, training_texts(cfg), tmp)
-            config = family.architecture_config(tmp)
-    else:
-        config = family.architecture_config(cfg.model.name_or_path)
-    model = family.build_on_meta(config)
-    model = apply_adapters(model, family.TOWERS, cfg.adapters)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = apply_adapters(_model_without_weights(cfg, family, tmp), family.TOWERS, cfg.adapters)
     table, summary = trainable_summary(model, family.TOWERS, cfg.adapters)
-    print(f"dry run of {cfg.model.name_or_path} (meta device, no weights loaded):\n{table}")
+    where = "meta device" if cfg.model.name_or_path != "tiny" else "tiny build from the config"
+    print(f"dry run of {cfg.model.name_or_path} ({where}, no weights loaded):\n{table}")
     print(f"trainable: {summary['trainable_params']:,} of {summary['total_params']:,} "
           f"({summary['trainable_percent']:.2f}%)")
     return summary

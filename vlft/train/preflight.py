@@ -41,6 +41,9 @@ def check_paths(cfg: RunConfig, source: str = "config") -> None:
         raise ConfigError(f"{source}: eval.metric: the {cfg.model.family} family reports {metric}, "
                           f"not {cfg.eval.metric}")
     data = cfg.data
+    if data.group_by_record and cfg.model.family != "vl_bart":
+        raise ConfigError(f"{source}: data.group_by_record applies to the vl_bart family (a {cfg.model.family} "
+                          "example is a whole record already)")
     for key, paths in (("data.train", data.train), ("data.eval", data.eval)):
         for path in data_files(paths):
             if not Path(path).is_file():
