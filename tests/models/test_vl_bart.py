@@ -184,6 +184,7 @@ def test_dry_run_of_a_tiny_vl_bart_and_a_named_vit(tmp_path, shapes_data, capsys
     assert 0 < trainable < total and f"trainable: {trainable:,} of {total:,}" in out
     assert not (tmp_path / "run").exists()  # nothing written to the run directory
 
-    config_path.write_text(yaml.safe_dump({**cfg_dict, "model": {"family": "vit", "name_or_path": "vit_base_patch16_224"}}))
+    named_vit = {"family": "vit", "name_or_path": "vit_base_patch16_224"}
+    config_path.write_text(yaml.safe_dump({**cfg_dict, "model": named_vit}))
     assert main(["train", str(config_path), "--dry-run"]) == 2
     assert "--dry-run of a named vit model is not supported" in capsys.readouterr().err

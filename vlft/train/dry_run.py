@@ -8,10 +8,11 @@ import tempfile
 from vlft.adapters import apply_adapters, trainable_summary
 from vlft.config import ConfigError, RunConfig
 from vlft.models import get_family
+from vlft.train.preflight import TINY
 
 
 def _model_without_weights(cfg: RunConfig, family, tmp: str):
-    if cfg.model.name_or_path == "tiny":  # tiny builds are small: build, save and load as a run would
+    if cfg.model.name_or_path == TINY:  # tiny builds are small: build, save and load as a run would
         path = family.build_tiny_for_run(cfg, tmp)
         return family.load_for_run(cfg, str(path)).model
     if not hasattr(family, "architecture_config"):
@@ -26,7 +27,7 @@ def dry_run(cfg: RunConfig) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model = apply_adapters(_model_without_weights(cfg, family, tmp), family.TOWERS, cfg.adapters)
     table, summary = trainable_summary(model, family.TOWERS, cfg.adapters)
-    where = "meta device" if cfg.model.name_or_path != "tiny" else "tiny build from the config"
+    where = "meta device" if cfg.model.name_or_path != TINY else "tiny build from the config"
     print(f"dry run of {cfg.model.name_or_path} ({where}, no weights loaded):\n{table}")
     print(f"trainable: {summary['trainable_params']:,} of {summary['total_params']:,} "
           f"({summary['trainable_percent']:.2f}%)")
