@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from tests.conftest import COLORS, SHAPES, draw
 from vlft.adapters import apply_adapters
@@ -76,7 +77,8 @@ def test_classification_run_reports_top1_and_writes_predictions(shape_files, tmp
 
 @pytest.mark.integration
 def test_vit_trains_under_deepspeed_zero2_with_two_ranks(shape_files, tmp_path):
-    """The Trainer's DeepSpeed integration sizes ZeRO's "auto" buckets from the model's config."""
+    """The Trainer's DeepSpeed integration sizes ZeRO's "auto" buckets from the model's config; the loss it
+    reports is the model's own (not multiplied by the number of ranks)."""
     import shutil
     import subprocess
 
@@ -86,7 +88,8 @@ def test_vit_trains_under_deepspeed_zero2_with_two_ranks(shape_files, tmp_path):
            "adapters": {"language": "frozen", "vision": "dora", "projector": "frozen", "r": 4, "alpha": 8},
            "data": {"train": str(shape_files / "train.jsonl"), "image_folder": str(shape_files / "images")},
            "training": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "per_device_batch_size": 4,
-                        "save_steps": 100, "deepspeed": str(REPO / "configs" / "deepspeed" / "zero2.json")}}
+                        "save_steps": 100, "lr": 1e-6,
+                        "deepspeed": str(REPO / "configs" / "deepspeed" / "zero2.json")}}
     config = tmp_path / "vit.yaml"
     config.write_text(yaml.safe_dump(cfg))
     cmd = [shutil.which("deepspeed"), "--num_gpus", "2", "--master_port", "29951", "scripts/train.py", str(config)]
@@ -94,3 +97,14 @@ def test_vit_trains_under_deepspeed_zero2_with_two_ranks(shape_files, tmp_path):
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["global_step"] == 2
+    # At lr 1e-6 the two steps leave the base model as it was: its mean loss over the 24 images is the
+    # reference for the 16 images the two ranks saw (2 ranks reported twice the loss before the fix).
+    bundle = vit.load(ModelConfig(family="vit"), str(tmp_path / "run" / "base_model"))
+    records = [json.loads(line) for line in (shape_files / "train.jsonl").read_text().splitlines()]
+    pixels = torch.cat([bundle.image_processor(Image.open(shape_files / "images" / r["image"]).convert("RGB"))
+                        ["pixel_values"] for r in records])
+    labels = torch.tensor([bundle.extra["labels"].index(r["label"]) for r in records])
+    with torch.no_grad():
+        per_image = torch.nn.functional.cross_entropy(bundle.model.eval()(pixels)["logits"], labels,
+                                                      reduction="none")
+    assert abs(metrics["train_loss"] - per_image.mean().item()) < 3 * per_image.std().item() / 16 ** 0.5  # 3 s.e.

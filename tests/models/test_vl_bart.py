@@ -37,6 +37,39 @@ def test_tiny_vl_bart_round_trips_through_load(tmp_path):
     assert grid_features(first.model.vision, inputs["pixel_values"]).shape[1] == 4
 
 
+def test_the_tiny_resnet_keeps_the_scale_of_its_input_and_tells_images_apart(tmp_path):
+    # Frozen BatchNorms at their initial statistics: with PyTorch's default conv init the last stage came out
+    # ~1000x weaker than the pixels (std 0.0005 for inputs of std 0.5), too weak for DoRA to build on.
+    tiny = TinyModelConfig(image_size=96, vision_hidden_size=64, text_hidden_size=32, text_layers=1, num_heads=2)
+    vision = vl_bart.load(ModelConfig(family="vl_bart"),
+                          str(vl_bart.build_tiny(tiny, TEXTS, tmp_path))).model.vision.eval()
+    torch.manual_seed(0)
+    pixels = torch.randn(8, 3, 96, 96)
+    with torch.no_grad():
+        cells = grid_features(vision, pixels)
+    assert cells.shape == (8, 9, 512)
+    assert 0.1 < cells.std().item() / pixels.std().item() < 10
+    assert cells.std(dim=0).mean().item() > 0.01 * pixels.std().item()  # different images, different features
+
+
+def test_each_cell_carries_its_box_so_the_same_features_in_two_places_differ():
+    from vlft.models.vl_bart_modeling import Projector, cell_boxes
+
+    expected = torch.tensor([[0, 0, .5, .5, .25], [.5, 0, 1, .5, .25], [0, .5, .5, 1, .25], [.5, .5, 1, 1, .25]])
+    torch.testing.assert_close(cell_boxes(4), expected)  # row-major, as a ResNet grid flattens
+    with pytest.raises(ValueError, match="visual features of 6 cells: expected a square grid"):
+        cell_boxes(6)
+    torch.manual_seed(0)
+    same_everywhere = torch.randn(1, 1, 1, 16).expand(1, 1, 9, 16)
+    projector = Projector(16, 32)
+    at_start = projector(same_everywhere)[0]
+    assert at_start.shape == (9, 32)
+    torch.testing.assert_close(at_start, at_start[:1].expand(9, 32))  # zero at start: the features alone
+    torch.nn.init.normal_(projector.box.weight)  # as after training
+    tokens = projector(same_everywhere)[0]
+    assert min(torch.dist(tokens[i], tokens[j]).item() for i in range(9) for j in range(i)) > 0.1
+
+
 def test_dora_reaches_resnet_conv2d_and_bart_linear_but_not_the_tied_head(tmp_path):
     bundle = vl_bart.load(ModelConfig(family="vl_bart"), str(vl_bart.build_tiny(TINY, TEXTS, tmp_path)))
     model = apply_adapters(bundle.model, vl_bart.TOWERS, AdaptersConfig(language="dora", vision="dora",

@@ -34,6 +34,10 @@ TINY_ARCHITECTURE = "vit_tiny_patch16_224"
 class ImageClassifier(nn.Module):
     """A timm encoder (pooled features, no head of its own) and a linear head; returns loss and logits."""
 
+    # The loss is a mean over this batch: the Trainer must not rescale it as a per-item sum (a model taking
+    # **kwargs is otherwise taken to use num_items_in_batch, and its loss multiplied by the number of ranks).
+    accepts_loss_kwargs = False
+
     def __init__(self, encoder: nn.Module, num_classes: int):
         super().__init__()
         self.encoder = encoder

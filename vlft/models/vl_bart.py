@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_model, save_model
+from torch import nn
 from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
 
 from vlft.config import ModelConfig, TinyModelConfig
@@ -104,6 +105,15 @@ def export_merged(model: VLBart, bundle: ModelBundle, out_dir: str | Path) -> No
     shutil.copyfile(vl_bart_modeling.__file__, Path(out_dir) / "modeling_vl_bart.py")
 
 
+def keep_signal_scale(vision: nn.Module) -> None:
+    """He-initialise the random ResNet's convolutions. Its BatchNorms hold their initial statistics (an
+    identity) and stay frozen, so at PyTorch's default init every conv shrinks the signal about 3x: the last
+    stage's features came out ~1000x weaker than the pixels, and nearly the same for every frame."""
+    for module in vision.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+
+
 def build_tiny(tiny: TinyModelConfig, texts: Iterable[str], out_dir: str | Path) -> Path:
     """A small random-init VL-BART (CLIP ResNet with 4 one-block stages, 2+2-layer BART) in ``out_dir``."""
     tokenizer = build_word_tokenizer(texts, extra_words=["vqa", "gqa", "nlvr", "caption", ":"])
@@ -119,6 +129,7 @@ def build_tiny(tiny: TinyModelConfig, texts: Iterable[str], out_dir: str | Path)
         forced_eos_token_id=None, scale_embedding=True, init_std=tiny.text_hidden_size ** -0.5).to_dict()
     torch.manual_seed(tiny.seed)
     vision, dim = vision_from_spec(vision_spec)
+    keep_signal_scale(vision)
     model = VLBart(BartForConditionalGeneration(BartConfig(**bart_config)), vision, dim)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -58,24 +58,45 @@ def pool_frames(features: torch.Tensor, mask: torch.Tensor, groups: int) -> tupl
     return pooled, (counts[:, 0] > 0).to(mask.dtype)
 
 
+def cell_boxes(cells: int) -> torch.Tensor:
+    """(cells, 5) boxes (x1, y1, x2, y2, area), in [0, 1], of a square grid's cells in row-major order."""
+    side = round(cells ** 0.5)
+    if side * side != cells:
+        raise ValueError(f"visual features of {cells} cells: expected a square grid")
+    edges = torch.arange(side + 1, dtype=torch.float32) / side
+    y, x = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    x, y = x.flatten(), y.flatten()
+    boxes = torch.stack([edges[x], edges[y], edges[x + 1], edges[y + 1]], dim=1)
+    return torch.cat([boxes, torch.full((cells, 1), 1.0 / cells)], dim=1)
+
+
 class Projector(nn.Module):
-    """Linear + LayerNorm into BART's width, plus a learned embedding of each image's place in the
-    record (NLVR2's left and right image; a video's frames in time order), zero at start so that one image
-    sees Linear + LayerNorm alone."""
+    """VL-T5's visual embedding: Linear + LayerNorm of each cell's features into BART's width, plus a
+    learned embedding of the cell's box in the image (a Linear of x1, y1, x2, y2, area) and of the image's
+    place in the record (NLVR2's left and right image; a video's frames in time order). Both start at zero,
+    so that at first the features alone speak; without them a cell's place reaches BART only through its
+    frozen text positions, too faint to tell where a shape is, or which way it moves."""
 
     def __init__(self, feature_dim: int, d_model: int, max_images: int = MAX_IMAGES):
         super().__init__()
         self.linear, self.norm = nn.Linear(feature_dim, d_model), nn.LayerNorm(d_model)
+        self.box = nn.Linear(5, d_model)
         self.image_index = nn.Embedding(max_images, d_model)
-        nn.init.zeros_(self.image_index.weight)
+        for zero_at_start in (self.box.weight, self.box.bias, self.image_index.weight):
+            nn.init.zeros_(zero_at_start)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(B, images, N, C) -> (B, images * N, d_model)."""
-        x = self.norm(self.linear(features)) + self.image_index.weight[: features.shape[1], None, :]
+        boxes = cell_boxes(features.shape[2]).to(features.device, self.box.weight.dtype)
+        x = self.norm(self.linear(features)) + self.box(boxes) + self.image_index.weight[: features.shape[1], None, :]
         return x.flatten(1, 2)
 
 
 class VLBart(nn.Module):
+    # BART's loss is a mean over this batch's label tokens: the Trainer must not take the **kwargs below for
+    # num_items_in_batch support and multiply the loss by the number of ranks.
+    accepts_loss_kwargs = False
+
     def __init__(self, language: BartForConditionalGeneration, vision: nn.Module, feature_dim: int):
         super().__init__()
         self.vision = vision
