@@ -16,6 +16,7 @@ in `vision_projector.safetensors`.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 
 import open_clip
@@ -58,6 +59,7 @@ def pool_frames(features: torch.Tensor, mask: torch.Tensor, groups: int) -> tupl
     return pooled, (counts[:, 0] > 0).to(mask.dtype)
 
 
+@lru_cache(maxsize=8)  # the same few grid sizes every step
 def cell_boxes(cells: int) -> torch.Tensor:
     """(cells, 5) boxes (x1, y1, x2, y2, area), in [0, 1], of a square grid's cells in row-major order."""
     side = round(cells ** 0.5)

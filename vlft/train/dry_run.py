@@ -27,8 +27,8 @@ def dry_run(cfg: RunConfig) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model = apply_adapters(_model_without_weights(cfg, family, tmp), family.TOWERS, cfg.adapters)
     table, summary = trainable_summary(model, family.TOWERS, cfg.adapters)
-    where = "meta device" if cfg.model.name_or_path != TINY else "tiny build from the config"
-    print(f"dry run of {cfg.model.name_or_path} ({where}, no weights loaded):\n{table}")
+    where = "meta device, no weights loaded" if cfg.model.name_or_path != TINY else "tiny random-init build"
+    print(f"dry run of {cfg.model.name_or_path} ({where}):\n{table}")
     print(f"trainable: {summary['trainable_params']:,} of {summary['total_params']:,} "
           f"({summary['trainable_percent']:.2f}%)")
     return summary
