@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A port nobody holds now, for a DeepSpeed launch's rendezvous: a fixed or hashed port can still be
+    held by the previous launch's store (TIME_WAIT) and fail the next one at random."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 COLORS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60)}
 SHAPES = ("circle", "rectangle")
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, tiny_config_dict
+from tests.conftest import REPO, free_port, tiny_config_dict
 from vlft.train.checkpoints import STAGING
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ def launch(cfg: str, fault: str | None = None, zero2: bool = False) -> subproces
     harness = str(REPO / "tests" / "faults" / "harness.py")
     cmd = [sys.executable, harness, cfg]
     if zero2:
-        cmd = [shutil.which("deepspeed"), "--num_gpus", "2", "--master_port", str(29650 + (hash(cfg) % 200)),
+        cmd = [shutil.which("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
                harness, cfg]
     env = {**os.environ, "VLFT_FAULT": fault or ""}
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -82,7 +82,7 @@ def test_vit_trains_under_deepspeed_zero2_with_two_ranks(shape_files, tmp_path):
     import shutil
     import subprocess
 
-    from tests.conftest import REPO
+    from tests.conftest import REPO, free_port
 
     cfg = {"model": {"family": "vit", "name_or_path": "tiny", "tiny": vars(TINY)},
            "adapters": {"language": "frozen", "vision": "dora", "projector": "frozen", "r": 4, "alpha": 8},
@@ -92,7 +92,8 @@ def test_vit_trains_under_deepspeed_zero2_with_two_ranks(shape_files, tmp_path):
                         "deepspeed": str(REPO / "configs" / "deepspeed" / "zero2.json")}}
     config = tmp_path / "vit.yaml"
     config.write_text(yaml.safe_dump(cfg))
-    cmd = [shutil.which("deepspeed"), "--num_gpus", "2", "--master_port", "29951", "scripts/train.py", str(config)]
+    cmd = [shutil.which("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "scripts/train.py",
+           str(config)]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

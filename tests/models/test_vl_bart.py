@@ -71,6 +71,21 @@ def test_each_cell_carries_its_box_so_the_same_features_in_two_places_differ():
     assert 0.5 < ((tokens - features_alone).norm(dim=1) / features_alone.norm()).min() < 2
 
 
+def test_a_build_without_the_box_layernorm_is_refused_naming_the_file(tmp_path):
+    """A run directory made before the box embedding had its LayerNorm: a clear error, not a fresh init."""
+    from safetensors.torch import load_file, save_file
+
+    from vlft.models.base import ModelLoadError
+
+    directory = vl_bart.build_tiny(TINY, TEXTS, tmp_path)
+    weights = directory / "model.safetensors"
+    state = {k: v for k, v in load_file(str(weights)).items() if not k.startswith("projector.box_norm.")}
+    save_file(state, str(weights))
+    with pytest.raises(ModelLoadError, match=r"model.safetensors: does not match this VL-BART \(missing "
+                                             r"\['projector.box_norm.bias', 'projector.box_norm.weight'\]"):
+        vl_bart.load(ModelConfig(family="vl_bart"), str(directory))
+
+
 def test_dora_reaches_resnet_conv2d_and_bart_linear_but_not_the_tied_head(tmp_path):
     bundle = vl_bart.load(ModelConfig(family="vl_bart"), str(vl_bart.build_tiny(TINY, TEXTS, tmp_path)))
     model = apply_adapters(bundle.model, vl_bart.TOWERS, AdaptersConfig(language="dora", vision="dora",

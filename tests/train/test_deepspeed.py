@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import REPO, tiny_config_dict
+from tests.conftest import REPO, free_port, tiny_config_dict
 
 pytestmark = pytest.mark.integration
 STEPS = 3
@@ -22,7 +22,7 @@ def run(cfg: dict, tmp_path, name: str, ranks: int) -> list[float]:
     if ranks == 1:
         cmd = [sys.executable, "scripts/train.py", str(config)]
     else:
-        cmd = [shutil.which("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(29600 + hash(name) % 300),
+        cmd = [shutil.which("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()),
                "scripts/train.py", str(config)]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]

@@ -68,7 +68,11 @@ def _load_directory(model_cfg: ModelConfig, directory: Path) -> ModelBundle:
         tokenizer = AutoTokenizer.from_pretrained(directory)
         vision, dim = vision_from_spec(spec["vision"])
         model = VLBart(BartForConditionalGeneration(BartConfig(**spec["bart_config"])), vision, dim)
-        load_model(model, str(directory / "model.safetensors"))  # tied BART embeddings are stored once
+        weights = directory / "model.safetensors"
+        missing, unexpected = load_model(model, str(weights), strict=False)  # tied BART embeddings stored once
+        if missing or unexpected:  # e.g. a build older than the box LayerNorm
+            raise ModelLoadError(f"{weights}: does not match this VL-BART (missing {sorted(missing)[:5]}, "
+                                 f"unexpected {sorted(unexpected)[:5]}); rebuild it or train again")
     return _bundle(model, tokenizer, spec["image"], spec["vision"], str(directory), model_cfg.dtype)
 
 
