@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from torch import nn
 from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
 
@@ -31,6 +31,7 @@ from vlft.models.vl_bart_modeling import (
     CONFIG_FILE,
     VLBart,
     image_transform,
+    load_matching,
     load_merged,
     save_merged,
     vision_from_spec,
@@ -68,11 +69,10 @@ def _load_directory(model_cfg: ModelConfig, directory: Path) -> ModelBundle:
         tokenizer = AutoTokenizer.from_pretrained(directory)
         vision, dim = vision_from_spec(spec["vision"])
         model = VLBart(BartForConditionalGeneration(BartConfig(**spec["bart_config"])), vision, dim)
-        weights = directory / "model.safetensors"
-        missing, unexpected = load_model(model, str(weights), strict=False)  # tied BART embeddings stored once
-        if missing or unexpected:  # e.g. a build older than the box LayerNorm
-            raise ModelLoadError(f"{weights}: does not match this VL-BART (missing {sorted(missing)[:5]}, "
-                                 f"unexpected {sorted(unexpected)[:5]}); rebuild it or train again")
+        try:  # e.g. a build older than the box LayerNorm
+            load_matching(model, directory / "model.safetensors")
+        except RuntimeError as err:
+            raise ModelLoadError(str(err)) from None
     return _bundle(model, tokenizer, spec["image"], spec["vision"], str(directory), model_cfg.dtype)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import open_clip
 import torch
 from open_clip.modified_resnet import ModifiedResNet
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_file
 from torch import nn
 from torchvision import transforms
 from transformers import AutoTokenizer, BartForConditionalGeneration
@@ -194,6 +194,16 @@ def save_merged(model: VLBart, tokenizer, vision_spec: dict, image: dict, direct
     (directory / CONFIG_FILE).write_text(json.dumps(spec, indent=1))
 
 
+def load_matching(model: VLBart, weights: Path, loaded_elsewhere: str | None = None) -> None:
+    """Load a safetensors file into the model, every key checked (but those under ``loaded_elsewhere``):
+    a file from another version of the model is an error naming it, never a silent fresh init."""
+    missing, unexpected = load_model(model, str(weights), strict=False)  # tied BART embeddings stored once
+    missing = [k for k in missing if not (loaded_elsewhere and k.startswith(loaded_elsewhere))]
+    if missing or unexpected:
+        raise RuntimeError(f"{weights}: does not match this VL-BART (missing {sorted(missing)[:5]}, "
+                           f"unexpected {sorted(unexpected)[:5]}); rebuild it or train again")
+
+
 def load_merged(directory: str | Path, dtype: torch.dtype = torch.float32):
     """(model, tokenizer, image transform) of a directory written by `save_merged`."""
     directory = Path(directory)
@@ -201,10 +211,7 @@ def load_merged(directory: str | Path, dtype: torch.dtype = torch.float32):
     language_dir = directory / spec["language"]
     vision, dim = vision_from_spec(spec["vision"])
     model = VLBart(BartForConditionalGeneration.from_pretrained(language_dir, dtype=dtype), vision, dim)
-    missing, unexpected = model.load_state_dict(load_file(str(directory / VISION_PROJECTOR_FILE)), strict=False)
-    missing = [k for k in missing if not k.startswith("language.")]
-    if missing or unexpected:
-        raise RuntimeError(f"{directory / VISION_PROJECTOR_FILE}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    load_matching(model, directory / VISION_PROJECTOR_FILE, loaded_elsewhere="language.")
     image = spec["image"]
     return model.to(dtype).eval(), AutoTokenizer.from_pretrained(language_dir), image_transform(
         image["size"], image["mean"], image["std"])
