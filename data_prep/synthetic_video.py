@@ -13,8 +13,11 @@ beside A does not give away A's axis. Questions, with a `category`:
 - order: "which shape appears first?" (the kind of A or of B)                    -- needs time
 - count: "how many times does the blue square flash?" (one / two / three)         -- needs time
 - control: "what color is the circle?"                                             -- one frame is enough
+- shape: "what shape is the red one?" (A's or B's kind)                            -- one frame is enough
 in two forms: open-ended (task video_qa) and multiple choice with the choices in the question (video_mc).
 Also one caption per clip (task video_caption), e.g. "a red circle moves left".
+The shape question is the only one whose answer needs the colour word tied to one of the two shapes: the
+others can be answered from what moves, what flashes or what is there first.
 
 Files: videos/<split>_<n>.mp4; <split>.json (training: one multi-turn record per clip with every
 question in both forms, in a shuffled order; test: one record per question, with `answers` and
@@ -84,9 +87,10 @@ def make_story(rng: random.Random) -> dict:
     odd = list(range(5, FRAMES - 2, 2))
     hidden = list(rng.choice([c for c in itertools.combinations(odd, flashes)
                               if all(b - a >= 4 for a, b in zip(c, c[1:], strict=False))]))
+    named = rng.choice([(kind_a, color_a), (kind_b, color_b)])  # the shape question's shape
     return {"a": (kind_a, color_a), "b": (kind_b, color_b), "direction": direction, "flashes": flashes,
             "appear_a": early if a_first else late, "appear_b": appear_b, "start": start, "spot_b": spot_b,
-            "hidden_b": hidden, "first": kind_a if a_first else kind_b}
+            "hidden_b": hidden, "first": kind_a if a_first else kind_b, "named": named}
 
 
 def render(story: dict) -> list[np.ndarray]:
@@ -123,6 +127,7 @@ def questions(story: dict) -> list[tuple[str, str, str, list[str]]]:
         ("count", f"how many times does the {color_b} {kind_b} flash?", COUNTS[story["flashes"]],
          list(COUNTS.values())),
         ("control", f"what color is the {kind_a}?", color_a, list(COLORS)),
+        ("shape", f"what shape is the {story['named'][1]} one?", story["named"][0], list(SHAPES)),
     ]
 
 

@@ -224,3 +224,20 @@ def test_synthetic_clips_show_every_event_in_eight_frames_and_none_in_the_middle
         for turned in ((travel / 2, 0), (0, travel / 2)):  # clear of A's path in every direction
             ends = [(middle[0] + k * turned[0], middle[1] + k * turned[1]) for k in (-1, 1)]
             assert synthetic_video.distance_to_segment(story["spot_b"], *ends) >= 2 * radius + 2
+
+
+def test_the_shape_question_names_the_shape_of_that_colour_in_the_middle_frame():
+    """A single-frame question: its answer is what the middle frame shows in the named colour, told
+    apart by the area drawn in that colour (PIL at radius 7: square 15x15 = 225 px, circle 177, triangle 113)."""
+    import random
+
+    rng = random.Random(5)
+    areas = {"square": 225, "circle": 177, "triangle": 113}
+    for _ in range(30):
+        story = synthetic_video.make_story(rng)
+        (_, question, answer, choices), = [q for q in synthetic_video.questions(story) if q[0] == "shape"]
+        color = re.fullmatch(r"what shape is the (\w+) one\?", question).group(1)
+        frame = synthetic_video.render(story)[8].astype(int)
+        drawn = int((np.abs(frame - synthetic_video.COLORS[color]).sum(-1) < 10).sum())
+        assert min(areas, key=lambda kind: abs(areas[kind] - drawn)) == answer
+        assert sorted(choices) == sorted(synthetic_video.SHAPES)

@@ -106,6 +106,25 @@ def test_dora_reaches_resnet_conv2d_and_bart_linear_but_not_the_tied_head(tmp_pa
     assert any("vision.conv1.lora_A" in n for n in grads) and any("lora_magnitude_vector" in n for n in grads)
 
 
+def test_a_fully_trained_resnet_runs_and_trains_its_own_copy(tmp_path):
+    """`adapters.vision: full`: peft keeps the frozen ResNet beside the trained copy; the copy must be the
+    one that runs (its gradients set, the original's not) and a change to it must change the output."""
+    bundle = vl_bart.load(ModelConfig(family="vl_bart"), str(vl_bart.build_tiny(TINY, TEXTS, tmp_path)))
+    model = apply_adapters(bundle.model, vl_bart.TOWERS, AdaptersConfig(language="dora", vision="full",
+                                                                        projector="full", r=4, alpha=8))
+    inputs = batch(bundle.tokenizer)
+    loss = model(**inputs).loss
+    loss.backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert any(n.endswith("vision.modules_to_save.default.conv1.weight") for n in grads)
+    assert not any("vision.original_module." in n for n in grads)
+    trained = [m for n, m in model.named_modules() if n.endswith("vision.modules_to_save.default")][0]
+    with torch.no_grad():
+        before = model(**inputs).logits
+        trained.conv1.weight.mul_(0.5)
+        assert not torch.allclose(before, model(**inputs).logits)
+
+
 def test_short_run_learns_and_writes_a_peft_adapter(shapes_data, tmp_path):
     from vlft.train.run import train
 

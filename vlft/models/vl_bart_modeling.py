@@ -35,8 +35,18 @@ VISION_PROJECTOR_FILE = "vision_projector.safetensors"
 PLACE_SCALE = 1.0  # box and place embeddings at start, relative to the LayerNorm'd features
 
 
+def active_copy(module: nn.Module) -> nn.Module:
+    """The module that runs: a fully trained tower is wrapped by peft (modules_to_save), which keeps the
+    frozen original beside the trained copy; its attributes and forward must be the copy's."""
+    copies = getattr(module, "modules_to_save", None)
+    if isinstance(copies, nn.ModuleDict) and not module.disable_adapters and module.active_adapters:
+        return copies[module.active_adapters[0]]
+    return module
+
+
 def grid_features(vision: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
     """(B, N, C) features before pooling: a ResNet's last stage cells, or a ViT's patch tokens."""
+    vision = active_copy(vision)
     if isinstance(vision, ModifiedResNet):
         x = vision.stem(pixel_values.to(vision.conv1.weight.dtype))
         x = vision.layer4(vision.layer3(vision.layer2(vision.layer1(x))))
