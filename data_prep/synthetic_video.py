@@ -14,10 +14,12 @@ beside A does not give away A's axis. Questions, with a `category`:
 - count: "how many times does the blue square flash?" (one / two / three)         -- needs time
 - control: "what color is the circle?"                                             -- one frame is enough
 - shape: "what shape is the red one?" (A's or B's kind)                            -- one frame is enough
+- shapes: "what shapes are there?" (both kinds, e.g. "circle and square")          -- one frame is enough
 in two forms: open-ended (task video_qa) and multiple choice with the choices in the question (video_mc).
 Also one caption per clip (task video_caption), e.g. "a red circle moves left".
 The shape question is the only one whose answer needs the colour word tied to one of the two shapes: the
-others can be answered from what moves, what flashes or what is there first.
+others can be answered from what moves, what flashes or what is there first. The shapes question names
+shapes without that tie: it teaches the shape names the order question answers with, from any frame.
 
 Files: videos/<split>_<n>.mp4; <split>.json (training: one multi-turn record per clip with every
 question in both forms, in a shuffled order; test: one record per question, with `answers` and
@@ -128,6 +130,8 @@ def questions(story: dict) -> list[tuple[str, str, str, list[str]]]:
          list(COUNTS.values())),
         ("control", f"what color is the {kind_a}?", color_a, list(COLORS)),
         ("shape", f"what shape is the {story['named'][1]} one?", story["named"][0], list(SHAPES)),
+        ("shapes", "what shapes are there?", " and ".join(sorted([kind_a, kind_b])),
+         [" and ".join(pair) for pair in itertools.combinations(SHAPES, 2)]),
     ]
 
 

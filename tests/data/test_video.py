@@ -227,17 +227,34 @@ def test_synthetic_clips_show_every_event_in_eight_frames_and_none_in_the_middle
 
 
 def test_the_shape_question_names_the_shape_of_that_colour_in_the_middle_frame():
-    """A single-frame question: its answer is what the middle frame shows in the named colour, told
-    apart by the area drawn in that colour (PIL at radius 7: square 15x15 = 225 px, circle 177, triangle 113)."""
+    """A single-frame question: its answer is what the middle frame shows in the named colour."""
     import random
 
     rng = random.Random(5)
-    areas = {"square": 225, "circle": 177, "triangle": 113}
     for _ in range(30):
         story = synthetic_video.make_story(rng)
         (_, question, answer, choices), = [q for q in synthetic_video.questions(story) if q[0] == "shape"]
         color = re.fullmatch(r"what shape is the (\w+) one\?", question).group(1)
-        frame = synthetic_video.render(story)[8].astype(int)
-        drawn = int((np.abs(frame - synthetic_video.COLORS[color]).sum(-1) < 10).sum())
-        assert min(areas, key=lambda kind: abs(areas[kind] - drawn)) == answer
+        assert kind_drawn_in(synthetic_video.render(story)[8], color) == answer
         assert sorted(choices) == sorted(synthetic_video.SHAPES)
+
+
+def kind_drawn_in(frame: np.ndarray, color: str) -> str | None:
+    """The shape drawn in `color`, told by its area (PIL at radius 7: square 15x15 = 225 px, circle 177,
+    triangle 113); None where that colour is not in the frame."""
+    areas = {"square": 225, "circle": 177, "triangle": 113}
+    drawn = int((np.abs(frame.astype(int) - synthetic_video.COLORS[color]).sum(-1) < 10).sum())
+    return min(areas, key=lambda kind: abs(areas[kind] - drawn)) if drawn else None
+
+
+def test_the_shapes_question_lists_both_kinds_in_the_middle_frame_and_its_choices_are_the_pairs():
+    import random
+
+    rng = random.Random(6)
+    for _ in range(30):
+        story = synthetic_video.make_story(rng)
+        (_, question, answer, choices), = [q for q in synthetic_video.questions(story) if q[0] == "shapes"]
+        middle = synthetic_video.render(story)[8]
+        seen = sorted(k for k in (kind_drawn_in(middle, c) for c in synthetic_video.COLORS) if k)
+        assert question == "what shapes are there?" and answer == " and ".join(seen) and len(seen) == 2
+        assert answer in choices and len(set(choices)) == 3
