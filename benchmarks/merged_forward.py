@@ -60,7 +60,7 @@ def with_random_dora(model, targets: str):
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.01)
             elif "lora_magnitude_vector" in name:
-                param.mul_(1 + 0.05 * torch.randn(param.shape, generator=generator))
+                param.mul_(1 + 0.05 * torch.randn(param.shape, generator=generator).to(param.device))
     use_vlft_dora(peft_model)
     return peft_model
 

@@ -1,6 +1,7 @@
 """vlft's DoRA forward against peft's: same outputs, same gradients, same merge, same adapter files."""
 
 import copy
+import os
 
 import pytest
 import torch
@@ -14,6 +15,21 @@ from vlft.adapters.dora import use_vlft_dora
 # from an fp32 computation, in different directions, so the two may differ by up to 2^-5 ≈ 3.1%.
 # test_bf16_is_at_least_as_close_to_fp32_as_peft checks the direction of the difference.
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2**-5}
+# VLFT_TEST_DEVICE=cuda runs every check here on a GPU (models and tensors are made there).
+DEVICE = os.environ.get("VLFT_TEST_DEVICE", "cpu")
+
+
+@pytest.fixture(autouse=True)
+def on_test_device():
+    if DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        pytest.fail(f"VLFT_TEST_DEVICE={DEVICE} but torch sees no CUDA device")
+    # TF32 convolutions (cuDNN's default) round inputs to 10 mantissa bits: fp32 parity would then measure
+    # cuDNN's choice of algorithm for each path, not the DoRA arithmetic
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    with torch.device(DEVICE):
+        yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 class Layers(nn.Module):
