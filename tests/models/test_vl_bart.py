@@ -2,6 +2,7 @@
 ResNet's Conv2d layers and BART's Linear layers (tied lm_head left alone), frozen BatchNorm statistics,
 and a short end-to-end run."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -108,8 +109,10 @@ def test_dora_reaches_resnet_conv2d_and_bart_linear_but_not_the_tied_head(tmp_pa
 
 def test_a_fully_trained_resnet_runs_and_trains_its_own_copy(tmp_path):
     """`adapters.vision: full`: peft keeps the frozen ResNet beside the trained copy; the copy must be the
-    one that runs (its gradients set, the original's not) and a change to it must change the output."""
+    one that runs (its gradients set, the original's not) and a change to it must change the output;
+    with adapters disabled the original runs again."""
     bundle = vl_bart.load(ModelConfig(family="vl_bart"), str(vl_bart.build_tiny(TINY, TEXTS, tmp_path)))
+    base = copy.deepcopy(bundle.model).eval()
     model = apply_adapters(bundle.model, vl_bart.TOWERS, AdaptersConfig(language="dora", vision="full",
                                                                         projector="full", r=4, alpha=8))
     inputs = batch(bundle.tokenizer)
@@ -123,6 +126,8 @@ def test_a_fully_trained_resnet_runs_and_trains_its_own_copy(tmp_path):
         before = model(**inputs).logits
         trained.conv1.weight.mul_(0.5)
         assert not torch.allclose(before, model(**inputs).logits)
+        with model.eval().disable_adapter():
+            torch.testing.assert_close(model(**inputs).logits, base(**inputs).logits)
 
 
 def test_short_run_learns_and_writes_a_peft_adapter(shapes_data, tmp_path):

@@ -37,11 +37,15 @@ PLACE_SCALE = 1.0  # box and place embeddings at start, relative to the LayerNor
 
 def active_copy(module: nn.Module) -> nn.Module:
     """The module that runs: a fully trained tower is wrapped by peft (modules_to_save), which keeps the
-    frozen original beside the trained copy; its attributes and forward must be the copy's."""
+    frozen original beside the trained copy; as peft's wrapper does, the copy while the adapter is active,
+    the original while adapters are disabled. Told by its attributes: this file ships with merged models,
+    which load without peft."""
     copies = getattr(module, "modules_to_save", None)
-    if isinstance(copies, nn.ModuleDict) and not module.disable_adapters and module.active_adapters:
-        return copies[module.active_adapters[0]]
-    return module
+    if not isinstance(copies, nn.ModuleDict):
+        return module
+    if module.disable_adapters or not module.active_adapters:
+        return module.original_module
+    return copies[module.active_adapters[0]]
 
 
 def grid_features(vision: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
