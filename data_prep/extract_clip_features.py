@@ -23,9 +23,11 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from vlft.config import load_config  # noqa: E402
-from vlft.data.dataset import load_image  # noqa: E402
+from vlft.data.base import load_image  # noqa: E402
+from vlft.data.cache import read_encoded  # noqa: E402
 from vlft.data.features import write_features  # noqa: E402
-from vlft.data.records import data_files, image_paths, read_records  # noqa: E402
+from vlft.data.records import image_paths, validate_record  # noqa: E402
+from vlft.data.sources import as_sources  # noqa: E402
 from vlft.models import get_family  # noqa: E402
 from vlft.models.vl_bart_modeling import grid_features  # noqa: E402
 from vlft.train.run import model_path  # noqa: E402
@@ -33,10 +35,16 @@ from vlft.train.run import model_path  # noqa: E402
 
 def images_of(cfg) -> list[str]:
     """Every distinct image the run's train and eval records name, in first-seen order."""
+    def images(record: dict, where: str) -> list[str]:
+        validate_record(record, where)
+        return image_paths(record)
+
     seen: dict[str, None] = {}
-    for path in data_files(cfg.data.train) + data_files(cfg.data.eval):
-        for _, record in read_records(path):
-            seen.update(dict.fromkeys(image_paths(record)))
+    for source in as_sources(cfg.data.train) + as_sources(cfg.data.eval):
+        for _, paths, error in read_encoded(source, images):
+            if error is not None:
+                raise error
+            seen.update(dict.fromkeys(paths))
     return list(seen)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,8 @@ COLORS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60)}
 SHAPES = ("circle", "rectangle")
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# prepared data of the tests' temporary files goes to a temporary cache (subprocesses inherit it)
+os.environ.setdefault("VLFT_CACHE_DIR", tempfile.mkdtemp(prefix="vlft-test-cache-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -52,6 +55,59 @@ def write_shapes_dataset(root: Path, n_images: int = 12) -> dict[str, Path]:
     paths = {"train": root / "train.json", "test": root / "test.json", "images": root / "images"}
     paths["train"].write_text(json.dumps(train))
     paths["test"].write_text(json.dumps(test))
+    return paths
+
+
+def write_video(path: Path, frames: int, fps: int = 8, size: int = 32) -> Path:
+    """Frame t is a flat grey of brightness 10 * t: the order of frames can be read back."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
+        stream.options = {"crf": "0"}
+        for t in range(frames):
+            image = np.full((size, size, 3), 10 * t + 20, dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def write_mixed_dataset(root: Path) -> dict[str, Path]:
+    """Text-only, one-image, two-image and video records in an order that, read in file order with 2 ranks
+    of 2 examples per step, gives the ranks different kinds of batch in every step:
+
+        step 1: rank 0 two image records      rank 1 two text-only records
+        step 2: rank 0 two video records      rank 1 two image records
+        step 3: rank 0 two text-only records  rank 1 a video record and a two-image record
+
+    The eval set alternates image and text-only prompts: with 2 ranks, one rank's prompts are all text-only.
+    """
+    data = write_shapes_dataset(root)
+    write_video(data["images"] / "clip.mp4", frames=8)
+    answers = {i: (SHAPES[i % 2], list(COLORS)[i % 3]) for i in range(12)}
+
+    def image(i):
+        return {"id": f"image-{i}", "image": f"{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nwhat shape is this?"}, {"from": "gpt", "value": answers[i][0]}]}
+
+    def text(i):
+        return {"id": f"text-{i}", "conversations": [{"from": "human", "value": f"what comes after {i}?"},
+                                                     {"from": "gpt", "value": str(i + 1)}]}
+
+    def video(i):
+        return {"id": f"video-{i}", "video": "clip.mp4", "conversations": [
+            {"from": "human", "value": "<video>\nwhat color is the shape?"}, {"from": "gpt", "value": "gray"}]}
+
+    pair = {"id": "pair", "image": ["0.png", "1.png"], "conversations": [
+        {"from": "human", "value": "<image>\n<image>\nare both red?"}, {"from": "gpt", "value": "no"}]}
+    train = [image(0), image(1), text(0), text(1), video(0), video(1), image(2), image(3), text(2), text(3),
+             video(2), pair]
+    evaluation = [record for i in range(3) for record in (image(4 + i), text(4 + i))]
+    paths = {**data, "mixed_train": root / "mixed_train.json", "mixed_eval": root / "mixed_eval.json"}
+    paths["mixed_train"].write_text(json.dumps(train))
+    paths["mixed_eval"].write_text(json.dumps(evaluation))
     return paths
 
 

@@ -45,6 +45,7 @@ class TinyModelConfig:
     text_layers: int = _help("Transformer layers in the text model.", 2)
     num_heads: int = _help("Attention heads in both towers.", 4)
     seed: int = _help("Seed of the random initialisation.", 0)
+    dropout: float | None = _help("vl_bart: BART's dropout (null: BART's default, 0.1).", None)
 
 
 @dataclass
@@ -108,15 +109,42 @@ class VideoConfig:
 
 
 @dataclass
+class DataSource:
+    """One data file (or dataset) of data.train / data.eval, with its share of a training mix."""
+
+    path: str = _help("JSON list, JSONL or Parquet file, a `datasets` save_to_disk directory, or a hub dataset id.")
+    weight: float | None = _help(
+        "Share of the training examples drawn from this source (weights are normalised over data.train; an epoch "
+        "holds as many examples as the sources together; a source is subsampled or repeated to its share). "
+        "null: every record once.", None)
+    split: str = _help("Split of a save_to_disk DatasetDict or a hub dataset.", "train")
+
+    def __post_init__(self):
+        if self.weight is not None and self.weight < 0:
+            raise ConfigError(f"data source {self.path}: weight must be >= 0, got {self.weight}")
+
+
+@dataclass
 class DataConfig:
-    train: str | list[str] = _help("Training records: LLaVA conversation JSON (list) or JSONL; a list of files "
-                                   "mixes them in one run (multitask).")
-    eval: str | list[str] | None = _help("Eval records, same format (references: `answers`, else the last gpt "
-                                         "turn); each record is scored by its `task` (default vqa).", None)
+    train: str | list[str | DataSource] = _help(
+        "Training records (LLaVA conversation format): a JSON list, JSONL or Parquet file, a `datasets` "
+        "save_to_disk directory or a hub dataset id; a list mixes several in one run, each a path or "
+        "{path, weight, split}.")
+    eval: str | list[str | DataSource] | None = _help(
+        "Eval records, same forms (references: `answers`, else the last gpt turn); each record is scored by its "
+        "`task` (default vqa).", None)
     image_folder: str = _help("Directory that record `image` paths are relative to.", ".")
     features: str | None = _help("vl_bart: a directory of visual features pre-extracted by "
                                  "data_prep/extract_clip_features.py, read instead of images (vision frozen).", None)
     max_length: int = _help("Maximum tokens per example, image tokens included.", 2048)
+    cache_dir: str | None = _help(
+        "Where records are stored once validated and tokenized (Arrow files, memory-mapped by every rank; reused "
+        "while the data files, tokenizer, template and lengths are unchanged). null: $VLFT_CACHE_DIR, else "
+        "~/.cache/vlft/data. On several nodes it may be node-local (each node prepares its own) or shared.", None)
+    shuffle: bool = _help("Shuffle the training examples every epoch (false: in file order).", True)
+    group_by_modality_length: bool = _help(
+        "LLaVA's sampler: each optimizer step's examples (over all ranks) are all multimodal or all text-only, "
+        "and of similar lengths, which wastes less padding.", False)
     group_by_record: bool = _help(
         "vl_bart training: all questions of a record form one example, so its image or video goes through the "
         "vision tower once for all of them (per_device_batch_size then counts records); false: one example "
@@ -128,6 +156,17 @@ class DataConfig:
         "stops naming it; `skip` leaves it out and counts it by reason in the log and metrics.json.", "raise")
     video: VideoConfig = _help("How frames are taken from video records (paths relative to image_folder).",
                                default_factory=VideoConfig)
+
+    def __post_init__(self):
+        for key, sources in (("eval", self.eval),):
+            if isinstance(sources, list) and any(isinstance(s, DataSource) and s.weight is not None for s in sources):
+                raise ConfigError(f"data.{key}: weights mix training data; every eval record is scored once")
+        if isinstance(self.train, list):
+            weighted = [isinstance(s, DataSource) and s.weight is not None for s in self.train]
+            if any(weighted) and not all(weighted):
+                raise ConfigError("data.train: give every source a weight, or none")
+            if all(weighted) and self.train and sum(s.weight for s in self.train) <= 0:
+                raise ConfigError("data.train: the weights add up to 0")
 
 
 @dataclass

@@ -1,7 +1,8 @@
 import pytest
 
+from vlft.data.cache import read_records
 from vlft.data.conversation import IGNORE_INDEX, TokenSpec, encode_conversation, encode_prompt
-from vlft.data.records import DataError, read_records
+from vlft.data.records import DataError, validate_record
 from vlft.data.template import LLAVA_V1
 from vlft.models.tokenizer import build_word_tokenizer
 
@@ -81,11 +82,11 @@ def test_malformed_records_name_file_record_and_field(tmp_path, record, message)
     path = tmp_path / "bad.json"
     path.write_text(__import__("json").dumps([record]))
     with pytest.raises(DataError, match=message):
-        read_records(path)
+        list(read_records(path, validate_record))
 
 
 def test_jsonl_syntax_error_names_the_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"id": 1, "conversations": [{"from": "human", "value": "x"}]}\n{broken\n')
     with pytest.raises(DataError, match=r"bad.jsonl line 2: not valid JSON"):
-        read_records(path)
+        list(read_records(path, validate_record))

@@ -7,11 +7,11 @@ import re
 import sys
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
 
+from tests.conftest import write_video
 from vlft.config import VideoConfig
 from vlft.data.records import DataError
 from vlft.data.video import frame_range, read_frames, sample_indices
@@ -19,19 +19,6 @@ from vlft.data.video import frame_range, read_frames, sample_indices
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "data_prep"))
 import synthetic_video  # noqa: E402
-
-
-def write_video(path: Path, frames: int, fps: int = 8, size: int = 32) -> Path:
-    """Frame t is a flat grey of brightness 10 * t: the order of frames can be read back."""
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
-        stream.options = {"crf": "0"}
-        for t in range(frames):
-            image = np.full((size, size, 3), 10 * t + 20, dtype=np.uint8)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())
-    return path
 
 
 def test_uniform_takes_the_centre_frame_of_each_equal_part():
@@ -105,6 +92,26 @@ def video_records(tmp_path: Path) -> Path:
     out = tmp_path / "videos.json"
     out.write_text(json.dumps(records))
     return out
+
+
+def test_validate_data_opens_every_video_and_reports_each_bad_one(tmp_path, capsys):
+    import yaml
+
+    from tests.conftest import tiny_config_dict
+    from vlft.cli import main
+
+    write_video(tmp_path / "good.mp4", frames=16)
+    records = video_records(tmp_path)
+    cfg = tiny_config_dict({"train": records, "test": records, "images": tmp_path}, tmp_path / "run")
+    cfg["data"]["video"] = {"num_frames": 4}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["validate-data", str(tmp_path / "run.yaml")]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    train = sorted(line.split(": ")[1] + " " + line.split("(id ")[1].split(")")[0]
+                   for line in lines if line.startswith("train: ") and "(id " in line)
+    assert train == ["corrupt_video corrupt", "corrupt_video truncated", "empty_video empty",
+                     "missing_video missing", "too_short_video short"]
+    assert "train: 5 record(s) bad: missing_video 1, corrupt_video 2, empty_video 1, too_short_video 1" in lines
 
 
 def test_skip_counts_bad_videos_by_reason_and_keeps_the_good_one(tmp_path):

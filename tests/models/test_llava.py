@@ -56,3 +56,30 @@ def test_dry_run_of_the_7b_recipe_prints_the_trainable_share():
     assert f"{expected:,}" in out.stdout
     assert "trainable:" in out.stdout and "%" in out.stdout
     json.dumps(out.stdout)  # printable
+
+
+def test_generation_from_precomputed_embeddings_equals_generation_from_pixels(tmp_path, shapes_data):
+    """Evaluation runs the vision tower itself (the same place on every rank) and gives generate the prompt's
+    embeddings: the answers are token for token those of transformers' own pixel_values path."""
+    from vlft.data.dataset import PromptDataset, VisionTextCollator
+    from vlft.models.llava import generation_inputs
+
+    texts = [t["value"] for r in json.loads(shapes_data["train"].read_text()) for t in r["conversations"]]
+    bundle = load(ModelConfig(), str(build_tiny(TINY, texts, tmp_path / "tiny")))
+    records = json.loads(shapes_data["test"].read_text())[:3]
+    records.append({"id": "text", "conversations": [{"from": "human", "value": "what color is the shape?"},
+                                                    {"from": "gpt", "value": "red"}]})
+    (tmp_path / "eval.json").write_text(json.dumps(records))
+    dataset = PromptDataset(tmp_path / "eval.json", bundle, str(shapes_data["images"]), log=lambda m: None)
+    batch = VisionTextCollator(bundle.tokenizer.pad_token_id, for_generation=True)([dataset[i] for i in range(4)])
+    inputs = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    model, kwargs = bundle.model.eval(), {"max_new_tokens": 5, "do_sample": False,
+                                          "pad_token_id": bundle.tokenizer.pad_token_id}
+    torch.manual_seed(0)
+    for module in model.modules():  # a trained-looking model: random weights answer differently per prompt
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=0.3)
+    from_pixels = model.generate(**inputs, **kwargs)[:, inputs["input_ids"].shape[1]:]
+    from_embeddings = model.generate(**generation_inputs(model, inputs), **kwargs)
+    assert torch.equal(from_pixels, from_embeddings)
+    assert len({tuple(row.tolist()) for row in from_pixels}) > 1

@@ -1,5 +1,7 @@
-"""The train script under the deepspeed launcher (2 CPU ranks, ZeRO-2 and ZeRO-3) and in one process, with
-vlft's and peft's DoRA: every combination gives the losses of one process running peft's DoRA."""
+"""The train script under the deepspeed launcher (2 CPU ranks, ZeRO-2 and strict ZeRO-3) and in one process, with
+vlft's and peft's DoRA, on data that gives the two ranks different kinds of batch in every step (text-only,
+images, two images, video: see tests/conftest.py write_mixed_dataset): every combination gives the losses of one
+process running peft's DoRA on the same global batches, for LLaVA and VL-BART."""
 
 import json
 import shutil
@@ -9,10 +11,13 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import REPO, free_port, tiny_config_dict
+from tests.conftest import REPO, free_port, tiny_config_dict, write_mixed_dataset
 
 pytestmark = pytest.mark.integration
 STEPS = 3
+# no dropout: ranks cannot draw the masks one process draws for the same examples
+VL_BART_TINY = {"image_size": 32, "vision_hidden_size": 32, "text_hidden_size": 32, "text_layers": 1, "num_heads": 2,
+                "dropout": 0.0}
 
 
 def run(cfg: dict, tmp_path, name: str, ranks: int) -> list[float]:
@@ -41,36 +46,55 @@ def strict_zero3(tmp_path) -> str:
     return str(path)
 
 
-def config(shapes_data, out, impl: str, zero: str | None) -> dict:
+@pytest.fixture(scope="module")
+def mixed_data(tmp_path_factory):
+    return write_mixed_dataset(tmp_path_factory.mktemp("mixed"))
+
+
+def config(data, out, family: str, impl: str, zero: str | None) -> dict:
     deepspeed = None
     if zero == "zero3-strict":
         deepspeed = strict_zero3(out.parent)
     elif zero:
         deepspeed = str(REPO / "configs" / "deepspeed" / f"{zero}.json")
-    cfg = tiny_config_dict(shapes_data, out, max_steps=STEPS, save_steps=STEPS,
+    cfg = tiny_config_dict(data, out, max_steps=STEPS, save_steps=STEPS,
                            per_device_batch_size=4 if zero is None else 2, deepspeed=deepspeed)
+    # file order (no shuffling): the batches of each rank are the ones write_mixed_dataset lays out
+    cfg["data"].update(train=str(data["mixed_train"]), eval=str(data["mixed_eval"]), shuffle=False,
+                       video={"num_frames": 2})
+    cfg["eval"]["batch_size"] = 2
     cfg["adapters"]["dora_impl"] = impl
+    if family == "vl_bart":
+        cfg["model"] = {"family": "vl_bart", "name_or_path": "tiny", "tiny": VL_BART_TINY}
     return cfg
 
 
 @pytest.fixture(scope="module")
-def reference_losses(shapes_data, tmp_path_factory):
-    """One process, peft's DoRA."""
-    tmp = tmp_path_factory.mktemp("reference")
-    return run(config(shapes_data, tmp / "reference", "peft", None), tmp, "reference", ranks=1)
+def reference_losses(mixed_data, tmp_path_factory):
+    """One process, peft's DoRA, per family (built on first use)."""
+    losses = {}
+
+    def get(family: str) -> list[float]:
+        if family not in losses:
+            tmp = tmp_path_factory.mktemp(f"reference-{family}")
+            losses[family] = run(config(mixed_data, tmp / "reference", family, "peft", None), tmp, "reference", 1)
+        return losses[family]
+
+    return get
 
 
-@pytest.mark.parametrize("impl, zero", [("vlft", None), ("peft", "zero2"), ("vlft", "zero2"), ("peft", "zero3"),
-                                        ("vlft", "zero3-strict")])
-def test_losses_match_one_process_with_peft_dora(shapes_data, tmp_path, reference_losses, impl, zero):
-    name = f"{impl}-{zero or 'single'}"
-    losses = run(config(shapes_data, tmp_path / name, impl, zero), tmp_path, name, ranks=2 if zero else 1)
-    assert len(losses) == len(reference_losses) == STEPS
+@pytest.mark.parametrize("family, impl, zero", [
+    ("llava", "vlft", None), ("llava", "peft", "zero2"), ("llava", "vlft", "zero2"), ("llava", "peft", "zero3"),
+    ("llava", "vlft", "zero3-strict"), ("vl_bart", "vlft", "zero2"), ("vl_bart", "vlft", "zero3-strict")])
+def test_losses_match_one_process_with_peft_dora(mixed_data, tmp_path, reference_losses, family, impl, zero):
+    name = f"{family}-{impl}-{zero or 'single'}"
+    losses = run(config(mixed_data, tmp_path / name, family, impl, zero), tmp_path, name, ranks=2 if zero else 1)
+    reference = reference_losses(family)
+    assert len(losses) == len(reference) == STEPS
     # Same global batch (2 ranks x 2 = 1 x 4) and tokens averaged across ranks, so only the order of float
     # sums differs; the DoRA implementations agree to ~1e-7 per layer (tests/adapters/test_dora.py).
-    assert losses == pytest.approx(reference_losses, rel=1e-4)
-    assert losses[-1] < losses[0]
+    assert losses == pytest.approx(reference, rel=1e-4)
     if zero:
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
-        assert metrics["world_size"] == 2 and "eval_vqa_accuracy" in metrics["eval"]
+        assert metrics["world_size"] == 2 and metrics["eval"]["eval_num_questions"] == 6
         assert (tmp_path / name / "adapter_model.safetensors").is_file()

@@ -73,13 +73,3 @@ def encode_prompt(turns: list[dict], tokenizer, template: ChatTemplate, spec: To
     ids, _ = encode_conversation(turns, tokenizer, template, spec, max_length=10**9)
     return ids
 
-
-def image_tokens_end(turns: list[dict], tokenizer, template: ChatTemplate, spec: TokenSpec) -> int:
-    """Position just after the last image token: the least max_length that keeps the image (0 without one)."""
-    for k, turn in enumerate(turns):
-        cut = turn["value"].rfind(IMAGE_PLACEHOLDER)
-        if cut >= 0:
-            head = [*turns[:k], {"from": turn["from"], "value": turn["value"][:cut + len(IMAGE_PLACEHOLDER)]}]
-            ids, _ = encode_conversation(head, tokenizer, template, spec, max_length=10**9)
-            return len(ids) - ids[::-1].index(spec.image_token_id)
-    return 0

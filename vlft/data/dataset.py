@@ -1,29 +1,25 @@
-"""Datasets over conversation records and the collator that batches them for LLaVA-style models."""
+"""LLaVA's datasets over conversation records, and the collator that batches them.
+
+Records are tokenized once, when prepared, with one marker token per image or video (the stored row stays
+small and does not depend on how many frames a video gives); each marker becomes the model's run of image
+tokens when an example is read.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import dataclasses
+import json
 
+import datasets
+import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
 
-from vlft.config import VideoConfig
-from vlft.data.conversation import IGNORE_INDEX, TokenSpec, encode_conversation, encode_prompt, image_tokens_end
-from vlft.data.records import (
-    IMAGE_PLACEHOLDER,
-    VIDEO_PLACEHOLDER,
-    DataError,
-    data_files,
-    image_paths,
-    question_turns,
-    read_records,
-    references,
-    validate_record,
-)
-from vlft.data.skips import SkipLog
-from vlft.data.video import read_frames
+from vlft.data.base import PreparedDataset
+from vlft.data.conversation import IGNORE_INDEX, TokenSpec, encode_conversation, encode_prompt, truncate
+from vlft.data.records import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, DataError, image_paths, question_turns, references
 from vlft.models.base import ModelBundle
+
+TOKENS = datasets.List(datasets.Value("int32"))
 
 
 def token_spec(bundle: ModelBundle) -> TokenSpec:
@@ -32,151 +28,114 @@ def token_spec(bundle: ModelBundle) -> TokenSpec:
                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
 
 
-def load_image(image_folder: str | Path, relative_path: str, where: str) -> Image.Image:
-    path = Path(image_folder) / relative_path
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"{where}: image not found: {path}", reason="missing_image", where=where) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:  # truncated or not an image
-        raise DataError(f"{where}: cannot read image {path}: {err}", reason="corrupt_image", where=where) from None
+def with_markers(turns: list[dict]) -> list[dict]:
+    """A video's `<video>` placeholder as one `<image>` marker (its frames are counted when it is read)."""
+    return [{**t, "value": t["value"].replace(VIDEO_PLACEHOLDER, IMAGE_PLACEHOLDER)} for t in turns]
 
 
-class _RecordDataset(Dataset):
-    """Good records of one file. Schema, image files and lengths are checked up front; images are
-    decoded lazily (in DataLoader workers).
+def expand_markers(ids: list[int], marker: int, per_marker: int, *aligned: list[int]) -> list[np.ndarray]:
+    """Each marker token of ``ids`` repeated ``per_marker`` times (the image tokens an image or video
+    occupies), and the same positions repeated in each ``aligned`` sequence (labels)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    counts = np.where(ids == marker, per_marker, 1)
+    return [np.repeat(np.asarray(seq, dtype=np.int64), counts) for seq in (ids, *aligned)]
 
-    ``on_error="raise"`` stops at the first bad record. With ``"skip"``, records found bad up front are
-    left out and counted in ``self.skips``; one found bad when read (a corrupt image) comes back as
-    ``{"skipped": (reason, where, message)}``, which the collator drops and reports in the batch.
-    """
 
-    validate = staticmethod(validate_record)  # the record schema
-    max_images = 1  # images per record the family's model takes
+class _ConversationRecords(PreparedDataset):
+    """What the LLaVA datasets share: the token layout and how a record's visual input is read."""
 
-    def __init__(self, path: str | Path | list, bundle: ModelBundle, image_folder: str,
-                 max_samples: int | None = None, on_error: str = "raise", video: VideoConfig | None = None):
-        self.video = video or VideoConfig()  # how frames are taken from video records
-        self.paths = data_files(path)  # several files are mixed, in order (multitask training)
-        self.path, self.bundle, self.image_folder = ", ".join(self.paths), bundle, image_folder
-        self.spec = token_spec(bundle) if bundle.tokenizer is not None else None
-        self.skips = SkipLog() if on_error == "skip" else None
-        entries = [((file, pos), rec) for file in self.paths
-                   for pos, rec in read_records(file, self.skips, validate=self.validate)]
-        entries = [(pos, rec) for pos, rec in entries if self._passes_checks(pos, rec)]
-        entries = entries[:max_samples] if max_samples else entries
-        self.positions = [pos for pos, _ in entries]  # (file, record position in it)
-        self.records = [rec for _, rec in entries]
+    max_images = None  # transformers' LLaVA fills image-token runs in order: any number per record
 
-    def __len__(self) -> int:
-        return len(self.records)
+    def __init__(self, sources, bundle: ModelBundle, image_folder: str, **kwargs):
+        self.spec = token_spec(bundle)
+        # markers: every image or video is one image token until it is read
+        self.marker_spec = dataclasses.replace(self.spec, num_image_tokens=1)
+        super().__init__(sources, bundle, image_folder, **kwargs)
 
-    def where(self, index: int) -> str:
-        return self._where(self.positions[index], self.records[index])
+    def fingerprint_parts(self) -> dict:
+        return {**super().fingerprint_parts(), "template": dataclasses.asdict(self.bundle.template),
+                "spec": dataclasses.asdict(self.spec)}
 
-    def _where(self, position: tuple[str, int], record: dict) -> str:
-        file, number = position
-        label = "line" if file.endswith(".jsonl") else "record"
-        return f"{file} {label} {number} (id {record.get('id', '?')})"
-
-    def _passes_checks(self, position: int, record: dict) -> bool:
-        try:
-            self.check(record, self._where(position, record))
-        except DataError as err:
-            if self.skips is None:
-                raise
-            self.skips.add(err.reason, err.where or self._where(position, record), str(err))
-            return False
-        return True
-
-    def check(self, record: dict, where: str) -> None:
-        """Cheap checks of one record before training: its image or video files exist."""
+    def tokens_per_marker(self, record: dict, frames: int | None = None) -> int:
+        """Image tokens one marker stands for: an image's, or those of a video's frames (by default as many as
+        sampling can give)."""
         if record.get("video"):
-            path = Path(self.image_folder) / record["video"]
-            if not path.is_file():
-                raise DataError(f"{where}: video not found: {path}", reason="missing_video", where=where)
-        images = image_paths(record)
-        if len(images) > self.max_images:
-            raise DataError(f"{where}: {len(images)} images in one record; this model family takes at most "
-                            f"{self.max_images}", reason="image_count_mismatch", where=where)
-        for image in images:
-            path = Path(self.image_folder) / image
-            if not path.is_file():
-                raise DataError(f"{where}: image not found: {path}", reason="missing_image", where=where)
+            return (frames or self.video.most()) * self.spec.num_image_tokens
+        return self.spec.num_image_tokens
 
-    def __getitem__(self, index: int) -> dict:
-        try:
-            return self.item(index)
-        except DataError as err:
-            if self.skips is None or err.reason is None:
-                raise
-            return {"skipped": (err.reason, err.where or self.where(index), str(err))}
-
-    def frames(self, index: int) -> torch.Tensor:
-        """(frames, C, H, W): the sampled frames of a video record through the image processor."""
-        record = self.records[index]  # a record index (a QA dataset has several examples per record)
-        frames = read_frames(Path(self.image_folder) / record["video"], self.video,
-                             self._where(self.positions[index], record), record.get("start"), record.get("end"))
-        return torch.stack([self.bundle.image_processor(f, return_tensors="pt")["pixel_values"][0] for f in frames])
-
-    def add_pixel_values(self, item: dict, index: int) -> dict:
-        record = self.records[index]
+    def visual_inputs(self, record: dict, where: str) -> dict:
+        """pixel_values (images, C, H, W): the record's images, or its video's frames, in token order."""
         if record.get("video"):
-            item["pixel_values"] = self.frames(index)  # frames go through the image tower like images
-        elif record.get("image"):
-            image = load_image(self.image_folder, record["image"], self.where(index))
-            item["pixel_values"] = self.bundle.image_processor(image, return_tensors="pt")["pixel_values"][0]
-        return item
+            return {"pixel_values": self.frames(record, where)}
+        if image_paths(record):
+            return {"pixel_values": torch.stack([self.image(path, where) for path in image_paths(record)])}
+        return {}
+
+    def expanded(self, record: dict, item: dict, ids: list[int], *aligned: list[int]) -> list[np.ndarray]:
+        frames = len(item["pixel_values"]) if record.get("video") else None
+        return expand_markers(ids, self.spec.image_token_id, self.tokens_per_marker(record, frames), *aligned)
 
 
-def with_frames(turns: list[dict], frames: int) -> list[dict]:
-    """A video's `<video>` placeholder as one `<image>` per frame (frames go through the image tower)."""
-    return [{**t, "value": t["value"].replace(VIDEO_PLACEHOLDER, IMAGE_PLACEHOLDER * frames)} for t in turns]
-
-
-def turns_for(record: dict, turns: list[dict], item: dict) -> list[dict]:
-    """The turns to encode: a video record's placeholder expanded to the frames actually read."""
-    return with_frames(turns, len(item["pixel_values"])) if record.get("video") else turns
-
-
-class ConversationDataset(_RecordDataset):
+class ConversationDataset(_ConversationRecords):
     """Training examples: input_ids, labels (answers only) and pixel_values."""
 
-    def __init__(self, path: str | Path, bundle: ModelBundle, image_folder: str, max_length: int,
-                 on_error: str = "raise", video: VideoConfig | None = None):
-        self.max_length = max_length
-        super().__init__(path, bundle, image_folder, on_error=on_error, video=video)
+    COLUMNS = {"input_ids": TOKENS, "labels": TOKENS, "length": datasets.Value("int32"),
+                "multimodal": datasets.Value("bool")}
 
-    def check(self, record: dict, where: str) -> None:
-        super().check(record, where)
-        turns = with_frames(record["conversations"], self.video.most())
-        end = image_tokens_end(turns, self.bundle.tokenizer, self.bundle.template, self.spec)
-        if end > self.max_length:
-            raise DataError(f"{where}: its image tokens end at position {end}, beyond data.max_length="
-                            f"{self.max_length}, before any of its text; raise max_length", reason="too_long",
-                            where=where)
+    def __init__(self, sources, bundle: ModelBundle, image_folder: str, max_length: int, **kwargs):
+        self.max_length = max_length
+        super().__init__(sources, bundle, image_folder, **kwargs)
+
+    def fingerprint_parts(self) -> dict:
+        return {**super().fingerprint_parts(), "max_length": self.max_length}
+
+    def columns(self, record: dict, where: str) -> dict:
+        tok, template = self.bundle.tokenizer, self.bundle.template
+        ids, labels = encode_conversation(with_markers(record["conversations"]), tok, template, self.marker_spec,
+                                          10**9, where)
+        markers = [i for i, t in enumerate(ids) if t == self.spec.image_token_id]
+        extra = self.tokens_per_marker(record) - 1
+        if markers:  # where the last image token ends once every marker is expanded
+            end = markers[-1] + 1 + len(markers) * extra
+            if end > self.max_length:
+                raise DataError(f"{where}: its image tokens end at position {end}, beyond data.max_length="
+                                f"{self.max_length}, before any of its text; raise max_length", reason="too_long",
+                                where=where)
+        length = min(len(ids) + len(markers) * extra, self.max_length)
+        return {"input_ids": ids, "labels": labels, "length": length, "multimodal": bool(markers)}
+
+    def modality_lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each example's length (image tokens included) and whether it has an image or video."""
+        return self.column("length"), self.column("multimodal")
 
     def item(self, index: int) -> dict:
-        item = self.add_pixel_values({}, index)
-        turns = turns_for(self.records[index], self.records[index]["conversations"], item)
-        input_ids, labels = encode_conversation(turns, self.bundle.tokenizer, self.bundle.template, self.spec,
-                                                self.max_length, self.where(index))
+        row = self.row(index)
+        record, where = json.loads(row["record"]), row["where"]
+        item = self.visual_inputs(record, where)
+        input_ids, labels = self.expanded(record, item, row["input_ids"], row["labels"])
+        input_ids, labels = truncate(input_ids.tolist(), labels.tolist(), self.spec, self.max_length, where)
         return {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels), **item}
 
 
-class PromptDataset(_RecordDataset):
+class PromptDataset(_ConversationRecords):
     """Evaluation prompts: the conversation without its final answer, plus the references."""
 
+    COLUMNS = {"input_ids": TOKENS}
+
+    def columns(self, record: dict, where: str) -> dict:
+        return {"input_ids": encode_prompt(with_markers(question_turns(record)), self.bundle.tokenizer,
+                                           self.bundle.template, self.marker_spec)}
+
     def item(self, index: int) -> dict:
-        record = self.records[index]
-        item = self.add_pixel_values({"index": index, "references": references(record)}, index)
-        turns = turns_for(record, question_turns(record), item)
-        ids = encode_prompt(turns, self.bundle.tokenizer, self.bundle.template, self.spec)
-        return {"input_ids": torch.tensor(ids), **item}
+        row = self.row(index)
+        record = json.loads(row["record"])
+        item = {"index": index, "references": references(record), **self.visual_inputs(record, row["where"])}
+        (input_ids,) = self.expanded(record, item, row["input_ids"])
+        return {"input_ids": torch.from_numpy(input_ids), **item}
 
 
-def _pad(sequences: list[torch.Tensor], value: int, left: bool) -> torch.Tensor:
+def pad(sequences: list[torch.Tensor], value: int, left: bool = False) -> torch.Tensor:
+    """(B, longest): sequences padded with ``value`` on the right (on the left for generation)."""
     width = max(len(s) for s in sequences)
     out = torch.full((len(sequences), width), value, dtype=sequences[0].dtype)
     for row, seq in enumerate(sequences):
@@ -187,11 +146,22 @@ def _pad(sequences: list[torch.Tensor], value: int, left: bool) -> torch.Tensor:
     return out
 
 
+def split_skipped(items: list[dict]) -> tuple[list[dict], list[tuple]]:
+    """(examples that loaded, skipped ones) of a batch; raises when nothing in it could be read."""
+    skipped = [it["skipped"] for it in items if "skipped" in it]
+    items = [it for it in items if "skipped" not in it]
+    if not items:
+        raise DataError(f"every example of a batch failed to load, e.g. {skipped[0][2]}", reason=None)
+    return items, skipped
+
+
 class VisionTextCollator:
     """Pads a batch: right padding for training, left padding for generation.
 
-    pixel_values stacks only the examples that have an image, in batch order, which is the
-    order in which the model fills the image-token slots; text-only batches have none.
+    pixel_values stacks the images (or video frames) of the examples that have them, in batch order, which
+    is the order in which the model fills the image-token slots; a text-only batch has none (the model
+    then runs its vision tower on a blank image so that every rank does the same work: see
+    vlft.models.llava.keep_vision_in_step).
     """
 
     def __init__(self, pad_token_id: int, for_generation: bool = False):
@@ -199,20 +169,16 @@ class VisionTextCollator:
         self.for_generation = for_generation
 
     def __call__(self, items: list[dict]) -> dict:
-        skipped = [it["skipped"] for it in items if "skipped" in it]
-        items = [it for it in items if "skipped" not in it]
-        if not items:
-            raise DataError(f"every example of a batch failed to load, e.g. {skipped[0][2]}", reason=None)
+        items, skipped = split_skipped(items)
         left = self.for_generation
-        input_ids = _pad([it["input_ids"] for it in items], self.pad_token_id, left)
-        attention = _pad([torch.ones_like(it["input_ids"]) for it in items], 0, left)
+        input_ids = pad([it["input_ids"] for it in items], self.pad_token_id, left)
+        attention = pad([torch.ones_like(it["input_ids"]) for it in items], 0, left)
         batch = {"input_ids": input_ids, "attention_mask": attention}
         if "labels" in items[0]:
-            batch["labels"] = _pad([it["labels"] for it in items], IGNORE_INDEX, left)
-        # one (C, H, W) image, or a video's (frames, C, H, W), per example: all in the order of their tokens
+            batch["labels"] = pad([it["labels"] for it in items], IGNORE_INDEX, left)
         images = [it["pixel_values"] for it in items if "pixel_values" in it]
         if images:
-            batch["pixel_values"] = torch.cat([p if p.dim() == 4 else p[None] for p in images])
+            batch["pixel_values"] = torch.cat(images)
         if self.for_generation:
             batch["index"] = [it["index"] for it in items]
             batch["references"] = [it["references"] for it in items]

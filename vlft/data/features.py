@@ -34,6 +34,16 @@ class FeatureStore:
         self.meta: dict = json.loads((self.directory / META).read_text()) if (self.directory / META).is_file() else {}
         self._open: dict[str, object] = {}
 
+    def state(self) -> dict:
+        """What identifies the store's content (for the data cache's fingerprint)."""
+        stat = (self.directory / INDEX).stat()
+        return {"directory": str(self.directory.resolve()), "index": [stat.st_size, stat.st_mtime_ns]}
+
+    def feature_shape(self) -> tuple[int, ...]:
+        """(cells, channels) of every stored image."""
+        first = next(iter(self.index))
+        return tuple(self.get(first, "data.features").shape)
+
     def __contains__(self, image: str) -> bool:
         return image in self.index
 

@@ -12,11 +12,6 @@ segment to sample), ``"choices"`` (multiple-choice answers; the reference is the
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from vlft.data.skips import SkipLog
-
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 IMAGE_PLACEHOLDER = "<image>"
 VIDEO_PLACEHOLDER = "<video>"
@@ -26,13 +21,6 @@ TASKS = ("vqa", "gqa", "nlvr2", "caption", "video_qa", "video_mc", "video_captio
 def image_paths(record: dict) -> list[str]:
     image = record.get("image")
     return [] if not image else [image] if isinstance(image, str) else list(image)
-
-
-def data_files(paths: str | Path | list | None) -> list[str]:
-    """data.train / data.eval as a list of files (one file, or several mixed in one run)."""
-    if paths is None:
-        return []
-    return [str(paths)] if isinstance(paths, (str, Path)) else [str(p) for p in paths]
 
 
 class DataError(ValueError):
@@ -45,52 +33,6 @@ class DataError(ValueError):
     def __init__(self, message: str, reason: str | None = "malformed_record", where: str | None = None):
         super().__init__(message)
         self.reason, self.where = reason, where
-
-
-def read_records(path: str | Path, skips: SkipLog | None = None, validate=None) -> list[tuple[int, dict]]:
-    """(position in file, record) for every good record of a JSON list or JSONL file.
-
-    ``validate(record, where)`` (default: the LLaVA conversation schema) raises DataError for a bad
-    record, which is raised, or counted in ``skips`` and left out when one is given.
-    """
-    validate = validate or validate_record
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}", reason=None)
-    text = path.read_text()
-    if path.suffix == ".jsonl":
-        raw = []
-        for line_no, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                raw.append((line_no, f"{path} line {line_no}", line))
-    else:
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: not valid JSON at line {err.lineno}: {err.msg}", reason=None) from None
-        if not isinstance(records, list):
-            raise DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}", reason=None)
-        raw = [(i, f"{path} record {i}", record) for i, record in enumerate(records)]
-    good = []
-    for position, where, record in raw:
-        try:
-            if isinstance(record, str):
-                record = _parse_line(record, where)
-            validate(record, where)
-        except DataError as err:
-            if skips is None:
-                raise
-            skips.add(err.reason, err.where or where, str(err))
-            continue
-        good.append((position, record))
-    return good
-
-
-def _parse_line(line: str, where: str) -> dict:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as err:
-        raise DataError(f"{where}: not valid JSON: {err.msg}", where=where) from None
 
 
 def validate_record(record: dict, where: str) -> None:

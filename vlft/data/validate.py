@@ -1,16 +1,17 @@
-"""`vlft validate-data`: read every record and image a config names, report every bad one, train nothing."""
+"""`vlft validate-data`: read every record, image and video a config names, report every bad one, train nothing."""
 
 from __future__ import annotations
 
 import dataclasses
 import tempfile
+from functools import partial
 from pathlib import Path
 
 from vlft.config import RunConfig
-from vlft.data.conversation import encode_conversation
-from vlft.data.dataset import ConversationDataset, load_image
+from vlft.data.base import load_image
 from vlft.data.records import DataError, image_paths
 from vlft.data.skips import SkipLog
+from vlft.data.video import read_frames
 from vlft.models import ModelBundle, get_family
 from vlft.train.preflight import TINY, check_paths
 
@@ -29,26 +30,34 @@ def data_bundle(cfg: RunConfig, workdir: str) -> ModelBundle:
     return family.load_for_run(lenient, str(base), with_model=False)
 
 
-def _check_records(dataset, encode: bool) -> None:
-    """What loading finds only when it reads a record: unreadable images, text that cuts the image."""
-    image_errors: dict[str, str | None] = {}  # image path -> error, each image decoded once
-    for index, record in enumerate(dataset.records):
-        where = dataset._where(dataset.positions[index], record)  # by record (seq2seq sets count questions)
+def _first_error(cache: dict, key: tuple, read) -> str | None:
+    """(message, reason) of the error of reading ``key`` (an image or a video segment) once, remembered."""
+    if key not in cache:
         try:
-            for image in image_paths(record) if getattr(dataset, "features", None) is None else []:
-                if image not in image_errors:
-                    try:
-                        load_image(dataset.image_folder, image, where)
-                        image_errors[image] = None
-                    except DataError as err:
-                        image_errors[image] = str(err).split(": ", 1)[1]
-                if image_errors[image]:
-                    raise DataError(f"{where}: {image_errors[image]}", reason="corrupt_image", where=where)
-            if encode:
-                encode_conversation(record["conversations"], dataset.bundle.tokenizer, dataset.bundle.template,
-                                    dataset.spec, dataset.max_length, where)
+            read()
+            cache[key] = None
         except DataError as err:
-            dataset.skips.add(err.reason, err.where or where, str(err))
+            cache[key] = (str(err).split(": ", 1)[1], err.reason)
+    return cache[key]
+
+
+def _check_files(dataset, video) -> None:
+    """What only reading finds: images that do not decode; videos that are corrupt, empty or too short."""
+    seen: dict[tuple, tuple[str, str] | None] = {}
+    uses_files = getattr(dataset, "store", None) is None  # pre-extracted features replace the images
+    for index in range(dataset.num_records):
+        record, where = dataset.records[index], dataset.row(index, "where")
+        checks = [((image,), partial(load_image, dataset.image_folder, image, where))
+                  for image in (image_paths(record) if uses_files else [])]
+        if record.get("video"):
+            segment = (record.get("start"), record.get("end"))
+            path = Path(dataset.image_folder) / record["video"]
+            checks.append(((record["video"], *segment), partial(read_frames, path, video, where, *segment)))
+        for key, read in checks:
+            error = _first_error(seen, key, read)
+            if error:
+                dataset.skips.add(error[1], where, f"{where}: {error[0]}")
+                break
 
 
 def validate_data(cfg: RunConfig) -> dict[str, SkipLog]:
@@ -62,5 +71,5 @@ def validate_data(cfg: RunConfig) -> dict[str, SkipLog]:
         if cfg.data.eval:
             report["eval"] = family.eval_dataset(cfg, bundle, on_error="skip")
         for dataset in report.values():
-            _check_records(dataset, encode=isinstance(dataset, ConversationDataset))
+            _check_files(dataset, cfg.data.video)
     return {split: dataset.skips for split, dataset in report.items()}

@@ -11,9 +11,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from vlft.config import RunConfig
 from vlft.data.classification import ImageLabelCollator, LabelledImageDataset
-from vlft.models.base import ModelBundle
 
 
 def _world() -> tuple[int, int]:
@@ -47,14 +45,11 @@ def predict_labels(model, dataset: LabelledImageDataset, batch_size: int, device
     return predicted
 
 
-def evaluate_classification(model, bundle: ModelBundle, cfg: RunConfig, device="cpu",
+def evaluate_classification(model, dataset: LabelledImageDataset, labels: list[str], batch_size: int, device="cpu",
                             predictions_path: str | Path | None = None) -> dict:
-    """Top-1 accuracy (percent), with the majority-class and chance baselines."""
-    from vlft.models.vit import eval_dataset
-
-    dataset = eval_dataset(cfg, bundle)
-    predicted = predict_labels(model, dataset, cfg.eval.batch_size, device)
-    labels = bundle.extra["labels"]
+    """Top-1 accuracy (percent) over ``dataset`` with the model's ``labels``, with the majority-class and
+    chance baselines."""
+    predicted = predict_labels(model, dataset, batch_size, device)
     truth = {i: dataset.records[i]["label"] for i in predicted}
     hits = sum(labels[p] == truth[i] for i, p in predicted.items())
     majority, majority_count = Counter(truth.values()).most_common(1)[0]

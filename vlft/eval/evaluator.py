@@ -6,23 +6,16 @@ import json
 from pathlib import Path
 
 from vlft.config import RunConfig
-from vlft.data.dataset import PromptDataset
 from vlft.data.records import DataError, references
 from vlft.eval.generate import generate_answers
 from vlft.eval.tasks import score_by_task
-from vlft.models.base import ModelBundle
 
 
-def evaluate_vqa(model, bundle: ModelBundle, cfg: RunConfig, device="cpu", synced_gpus: bool = False,
-                 predictions_path: str | Path | None = None, dataset=None, **generate_kwargs) -> dict:
-    """Greedy answers on cfg.data.eval scored by each record's task (VQA accuracy, the official
-    definition, with the majority baseline, for records without one; see vlft.eval.tasks).
-
-    ``dataset`` (default: LLaVA prompts) and ``generate_kwargs`` (collate_fn, decoder_only) let other
-    families reuse it."""
-    if dataset is None:
-        dataset = PromptDataset(cfg.data.eval, bundle, cfg.data.image_folder, cfg.eval.max_samples,
-                                on_error=cfg.data.on_error, video=cfg.data.video)
+def evaluate_vqa(model, dataset, cfg: RunConfig, device="cpu", synced_gpus: bool = False,
+                 predictions_path: str | Path | None = None, **generate_kwargs) -> dict:
+    """Greedy answers on the prompts of ``dataset`` (the family's eval dataset of cfg.data.eval) scored by
+    each record's task (VQA accuracy, the official definition, with the majority baseline, for records
+    without one; see vlft.eval.tasks). ``generate_kwargs`` (collate_fn, model_inputs) are the family's."""
     answers = generate_answers(model, dataset, cfg.eval.batch_size, cfg.eval.max_new_tokens,
                                synced_gpus=synced_gpus, device=device, **generate_kwargs)
     # questions skipped under on_error: skip are left out of the score and counted

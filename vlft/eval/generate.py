@@ -19,14 +19,14 @@ def _world() -> tuple[int, int]:
 @torch.no_grad()
 def generate_answers(model, dataset: PromptDataset, batch_size: int, max_new_tokens: int,
                      synced_gpus: bool = False, device: torch.device | str = "cpu", collate_fn=None,
-                     decoder_only: bool = True) -> list[str | None]:
+                     model_inputs=None) -> list[str | None]:
     """Greedy answers for every prompt of ``dataset``, in dataset order, on every rank.
 
     Each rank generates a strided shard; with ZeRO-3 (``synced_gpus``) ranks keep stepping
     together until all are done, so shards are padded to the same number of batches. A prompt whose
-    image fails to load under ``on_error: skip`` gets None and lands in ``dataset.skips``. A decoder-only
-    model's output repeats the prompt, which is cut off; an encoder-decoder's (``decoder_only=False``) is
-    the answer alone.
+    image fails to load under ``on_error: skip`` gets None and lands in ``dataset.skips``.
+    ``model_inputs(batch)`` turns a batch's tensors into the keyword arguments of ``model.generate`` (default:
+    as they are); either way the output must hold the answer alone, not the prompt.
     """
     rank, world = _world()
     tokenizer = dataset.bundle.tokenizer
@@ -48,11 +48,10 @@ def generate_answers(model, dataset: PromptDataset, batch_size: int, max_new_tok
         inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                synced_gpus=synced_gpus, pad_token_id=tokenizer.pad_token_id,
-                                eos_token_id=tokenizer.eos_token_id)
-        new_tokens = output[:, inputs["input_ids"].shape[1]:] if decoder_only else output
-        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        output = model.generate(**(model_inputs(inputs) if model_inputs else inputs), max_new_tokens=max_new_tokens,
+                                do_sample=False, num_beams=1, synced_gpus=synced_gpus,
+                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        texts = tokenizer.batch_decode(output, skip_special_tokens=True)
         for index, text in zip(batch["index"], texts, strict=False):
             answers[index] = text.strip()
     model.train(was_training)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from functools import partial
 from importlib import resources
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaModel,
 )
 
 from vlft.config import ModelConfig, RunConfig, TinyModelConfig
@@ -70,10 +72,85 @@ def load(model_cfg: ModelConfig, path: str, with_model: bool = True) -> ModelBun
             f"model hub ({first_line})") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    if model is not None:
+        keep_vision_in_step(model)
     return ModelBundle(
         model=model, tokenizer=tokenizer, image_processor=image_processor, template=LLAVA_V1,
         num_image_tokens=num_image_tokens(config), image_token_id=config.image_token_index,
         towers=TOWERS, base_path=str(path))
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and (
+        torch.distributed.get_world_size() > 1)
+
+
+def _image_features(llava_model, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+    config = llava_model.config
+    out = llava_model.get_image_features(pixel_values=pixel_values, vision_feature_layer=config.vision_feature_layer,
+                                         vision_feature_select_strategy=config.vision_feature_select_strategy)
+    out = getattr(out, "pooler_output", out)  # transformers 5 returns a model output
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def _llava_model(model) -> LlavaModel:
+    """The LlavaModel inside a LlavaForConditionalGeneration, a PeftModel of one, or a DeepSpeed engine."""
+    return next(module for module in model.modules() if isinstance(module, LlavaModel))
+
+
+@torch.no_grad()
+def generation_inputs(model, batch: dict) -> dict:
+    """What `generate` is given: the prompt's embeddings with each image's features in its image tokens.
+
+    The vision tower runs here, in the same place on every rank (on a blank image in a distributed run
+    whose batch has none), rather than wherever a transformers version runs it inside `generate`: under
+    ZeRO-3 the ranks must gather the same parameters in the same order."""
+    llava_model = _llava_model(model)
+    input_ids = batch["input_ids"]
+    embeds = llava_model.get_input_embeddings()(input_ids)
+    if batch.get("pixel_values") is not None:
+        features = torch.cat(_image_features(llava_model, batch["pixel_values"])).to(embeds.dtype)
+        image_tokens = (input_ids == llava_model.config.image_token_id).unsqueeze(-1).expand_as(embeds)
+        embeds = embeds.masked_scatter(image_tokens, features)
+    elif _distributed():
+        embeds = embeds + _unused_blank_image(llava_model, embeds)
+    return {"inputs_embeds": embeds, "attention_mask": batch["attention_mask"]}
+
+
+def _unused_blank_image(llava_model, like: torch.Tensor) -> torch.Tensor:
+    """A blank image through the vision tower and projector, times zero: adds nothing, runs both."""
+    side = llava_model.config.vision_config.image_size
+    dtype = next(llava_model.vision_tower.parameters()).dtype
+    blank = torch.zeros(1, 3, side, side, dtype=dtype, device=like.device)
+    return (sum(features.sum() for features in _image_features(llava_model, blank)) * 0).to(like.dtype)
+
+
+def keep_vision_in_step(model: LlavaForConditionalGeneration) -> None:
+    """Make every rank of a distributed run run the vision tower and projector in every training forward.
+
+    A rank whose batch holds no image would otherwise skip them while the others run them, and the ranks'
+    collectives no longer match (ZeRO-3 gathers the tower's parameters, ZeRO-2 reduces its gradients): a
+    crash on gloo, a hang on NCCL. As LLaVA does for text-only samples, the rank runs a blank image through
+    both and adds its features times zero to the text embeddings: the same loss and gradients (exactly),
+    the same collectives, in the same order (after the embeddings, before the language model). Generation
+    runs the tower in `generation_inputs` instead."""
+    llava_model = model.model
+    if getattr(llava_model, "_vlft_vision_in_step", False):
+        return
+
+    def note_images(module, args, kwargs):
+        module._vlft_saw_images = kwargs.get("pixel_values") is not None or bool(kwargs.get("mm_encoder_outputs"))
+
+    def blank_image(module, args, kwargs):
+        if (llava_model._vlft_saw_images or not torch.is_grad_enabled() or kwargs.get("inputs_embeds") is None
+                or not _distributed()):
+            return None
+        embeds = kwargs["inputs_embeds"]
+        return args, {**kwargs, "inputs_embeds": embeds + _unused_blank_image(llava_model, embeds)}
+
+    llava_model.register_forward_pre_hook(note_images, with_kwargs=True)
+    llava_model.language_model.register_forward_pre_hook(blank_image, with_kwargs=True)
+    llava_model._vlft_vision_in_step = True
 
 
 def build_tiny(tiny: TinyModelConfig, texts: Iterable[str], out_dir: str | Path) -> Path:
@@ -135,13 +212,17 @@ def build_on_meta(config: LlavaConfig) -> LlavaForConditionalGeneration:
 # The hooks every family gives the training loop (see vlft/models/__init__.py).
 
 def training_texts(cfg: RunConfig) -> list[str]:
-    """Every turn of the training records: the tiny model's word-level vocabulary comes from them."""
-    from vlft.data.records import data_files, read_records
-    from vlft.data.skips import SkipLog
+    """Every turn of the good training records: the tiny model's word-level vocabulary comes from them."""
+    from vlft.data.cache import read_encoded
+    from vlft.data.records import validate_record
+    from vlft.data.sources import as_sources
 
-    skips = SkipLog() if cfg.data.on_error == "skip" else None
-    return [turn["value"] for path in data_files(cfg.data.train) for _, record in read_records(path, skips)
-            for turn in record["conversations"]]
+    def texts(record: dict, where: str) -> list[str]:
+        validate_record(record, where)
+        return [turn["value"] for turn in record["conversations"]]
+
+    return [text for source in as_sources(cfg.data.train) for _, values, error in read_encoded(source, texts)
+            if error is None for text in values]
 
 
 def build_tiny_for_run(cfg: RunConfig, out_dir: str | Path) -> Path:
@@ -153,17 +234,19 @@ def load_for_run(cfg: RunConfig, path: str, with_model: bool = True) -> ModelBun
 
 
 def train_dataset(cfg: RunConfig, bundle: ModelBundle, on_error: str | None = None):
+    from vlft.data.cache import dataset_options
     from vlft.data.dataset import ConversationDataset
 
     return ConversationDataset(cfg.data.train, bundle, cfg.data.image_folder, cfg.data.max_length,
-                               on_error=on_error or cfg.data.on_error, video=cfg.data.video)
+                               on_error=on_error or cfg.data.on_error, **dataset_options(cfg))
 
 
 def eval_dataset(cfg: RunConfig, bundle: ModelBundle, on_error: str | None = None):
+    from vlft.data.cache import dataset_options
     from vlft.data.dataset import PromptDataset
 
-    return PromptDataset(cfg.data.eval, bundle, cfg.data.image_folder, cfg.eval.max_samples,
-                         on_error=on_error or cfg.data.on_error, video=cfg.data.video)
+    return PromptDataset(cfg.data.eval, bundle, cfg.data.image_folder, max_samples=cfg.eval.max_samples,
+                         on_error=on_error or cfg.data.on_error, **dataset_options(cfg))
 
 
 def collator(bundle: ModelBundle):
@@ -176,7 +259,8 @@ def evaluate(model, bundle: ModelBundle, cfg: RunConfig, device="cpu", synced_gp
              predictions_path=None) -> dict:
     from vlft.eval.evaluator import evaluate_vqa
 
-    return evaluate_vqa(model, bundle, cfg, device=device, synced_gpus=synced_gpus, predictions_path=predictions_path)
+    return evaluate_vqa(model, eval_dataset(cfg, bundle), cfg, device=device, synced_gpus=synced_gpus,
+                        predictions_path=predictions_path, model_inputs=partial(generation_inputs, model))
 
 
 def export_merged(model: LlavaForConditionalGeneration, bundle: ModelBundle, out_dir: str | Path) -> None:

@@ -144,11 +144,9 @@ def build_tiny(tiny: TinyModelConfig, labels: list[str], out_dir: str | Path) ->
 
 def training_labels(cfg: RunConfig) -> list[str]:
     """Sorted distinct labels of the training records (malformed records are left to the dataset's checks)."""
-    from vlft.data.classification import read_label_records
-    from vlft.data.records import data_files
+    from vlft.data.classification import label_set
 
-    return sorted({record["label"] for path in data_files(cfg.data.train)
-                   for _, record in read_label_records(path, lenient=True)})
+    return label_set(cfg.data.train)
 
 
 # The hooks every family gives the training loop (see vlft/models/__init__.py).
@@ -163,16 +161,19 @@ def load_for_run(cfg: RunConfig, path: str, with_model: bool = True) -> ModelBun
 
 
 def train_dataset(cfg: RunConfig, bundle: ModelBundle, on_error: str | None = None):
+    from vlft.data.cache import dataset_options
     from vlft.data.classification import LabelledImageDataset
 
-    return LabelledImageDataset(cfg.data.train, bundle, cfg.data.image_folder, on_error=on_error or cfg.data.on_error)
+    return LabelledImageDataset(cfg.data.train, bundle, cfg.data.image_folder, on_error=on_error or cfg.data.on_error,
+                                **dataset_options(cfg))
 
 
 def eval_dataset(cfg: RunConfig, bundle: ModelBundle, on_error: str | None = None):
+    from vlft.data.cache import dataset_options
     from vlft.data.classification import LabelledImageDataset
 
     return LabelledImageDataset(cfg.data.eval, bundle, cfg.data.image_folder, cfg.eval.max_samples,
-                                on_error=on_error or cfg.data.on_error)
+                                on_error=on_error or cfg.data.on_error, **dataset_options(cfg))
 
 
 def collator(bundle: ModelBundle):
@@ -185,4 +186,5 @@ def evaluate(model, bundle: ModelBundle, cfg: RunConfig, device="cpu", synced_gp
              predictions_path=None) -> dict:
     from vlft.eval.classification import evaluate_classification
 
-    return evaluate_classification(model, bundle, cfg, device=device, predictions_path=predictions_path)
+    return evaluate_classification(model, eval_dataset(cfg, bundle), bundle.extra["labels"], cfg.eval.batch_size,
+                                   device=device, predictions_path=predictions_path)

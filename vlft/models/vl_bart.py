@@ -130,7 +130,8 @@ def build_tiny(tiny: TinyModelConfig, texts: Iterable[str], out_dir: str | Path)
         encoder_ffn_dim=4 * tiny.text_hidden_size, decoder_ffn_dim=4 * tiny.text_hidden_size,
         max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.eos_token_id,
-        forced_eos_token_id=None, scale_embedding=True, init_std=tiny.text_hidden_size ** -0.5).to_dict()
+        forced_eos_token_id=None, scale_embedding=True, init_std=tiny.text_hidden_size ** -0.5,
+        **({"dropout": tiny.dropout} if tiny.dropout is not None else {})).to_dict()
     torch.manual_seed(tiny.seed)
     vision, dim = vision_from_spec(vision_spec)
     keep_signal_scale(vision)
@@ -165,19 +166,21 @@ def feature_store(cfg):
 
 
 def train_dataset(cfg, bundle: ModelBundle, on_error: str | None = None):
+    from vlft.data.cache import dataset_options
     from vlft.data.seq2seq import QuestionAnswerDataset
 
     return QuestionAnswerDataset(cfg.data.train, bundle, cfg.data.image_folder, cfg.data.max_length,
                                  on_error=on_error or cfg.data.on_error, features=feature_store(cfg),
-                                 video=cfg.data.video, group_by_record=cfg.data.group_by_record)
+                                 group_by_record=cfg.data.group_by_record, **dataset_options(cfg))
 
 
 def eval_dataset(cfg, bundle: ModelBundle, on_error: str | None = None):
+    from vlft.data.cache import dataset_options
     from vlft.data.seq2seq import QuestionAnswerDataset
 
     return QuestionAnswerDataset(cfg.data.eval, bundle, cfg.data.image_folder, cfg.data.max_length,
                                  cfg.eval.max_samples, on_error=on_error or cfg.data.on_error, for_eval=True,
-                                 features=feature_store(cfg), video=cfg.data.video)
+                                 features=feature_store(cfg), **dataset_options(cfg))
 
 
 def collator(bundle: ModelBundle):
@@ -190,7 +193,6 @@ def evaluate(model, bundle: ModelBundle, cfg, device="cpu", synced_gpus: bool = 
     from vlft.data.seq2seq import Seq2SeqCollator
     from vlft.eval.evaluator import evaluate_vqa
 
-    return evaluate_vqa(model, bundle, cfg, device=device, synced_gpus=synced_gpus, predictions_path=predictions_path,
-                        dataset=eval_dataset(cfg, bundle),
-                        collate_fn=Seq2SeqCollator(bundle.tokenizer.pad_token_id, for_generation=True),
-                        decoder_only=False)
+    return evaluate_vqa(model, eval_dataset(cfg, bundle), cfg, device=device, synced_gpus=synced_gpus,
+                        predictions_path=predictions_path,
+                        collate_fn=Seq2SeqCollator(bundle.tokenizer.pad_token_id, for_generation=True))

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from vlft.config import ConfigError, RunConfig
-from vlft.data.records import data_files
+from vlft.data.sources import as_sources, is_hub_id
 
 TINY = "tiny"
 
@@ -44,10 +44,10 @@ def check_paths(cfg: RunConfig, source: str = "config") -> None:
     if data.group_by_record and cfg.model.family != "vl_bart":
         raise ConfigError(f"{source}: data.group_by_record applies to the vl_bart family (a {cfg.model.family} "
                           "example is a whole record already)")
-    for key, paths in (("data.train", data.train), ("data.eval", data.eval)):
-        for path in data_files(paths):
-            if not Path(path).is_file():
-                raise ConfigError(f"{source}: {key}: file not found: {path}")
+    for key, sources in (("data.train", data.train), ("data.eval", data.eval)):
+        for item in as_sources(sources):
+            if not Path(item.path).exists() and not is_hub_id(item.path):
+                raise ConfigError(f"{source}: {key}: file not found: {item.path}")
     if data.features is not None:
         _check_features(cfg, source)
     elif not Path(data.image_folder).is_dir():

@@ -102,11 +102,12 @@ def load_model(cfg: RunConfig, path: str) -> ModelBundle:
 
 
 def training_data(cfg: RunConfig, path: str):
-    """Read and check the training records with the model's tokenizer, before its weights are loaded."""
+    """The training records checked and tokenized with the model's tokenizer (once: later launches read them
+    from the data cache), before the model's weights are loaded."""
     family = get_family(cfg.model.family)
     train_set = family.train_dataset(cfg, family.load_for_run(cfg, path, with_model=False))
     if train_set.skips is not None:
-        log(f"{cfg.data.train}: {len(train_set)} records kept; at load, {train_set.skips.summary()}")
+        log(f"{train_set.path}: {len(train_set)} examples kept; at load, {train_set.skips.summary()}")
     return train_set
 
 

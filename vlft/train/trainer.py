@@ -10,13 +10,15 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainerCallback
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import rotate_checkpoints
 
 from vlft.adapters.setup import base_param_name
 from vlft.adapters.towers import tower_of
-from vlft.config import RunConfig
+from vlft.config import ConfigError, RunConfig
+from vlft.data.sampling import ModalityLengthGroupedSampler
 from vlft.data.skips import SkipLog
 from vlft.models import ModelBundle, get_family
 from vlft.train.checkpoints import STAGING, latest_complete_checkpoint
@@ -48,6 +50,21 @@ class VlftTrainer(Trainer):
     def gathered_skips(self) -> SkipLog:
         """Skipped training records over all ranks (collective: every rank must call it)."""
         return (self.skips or SkipLog()).gathered()
+
+    def _get_train_sampler(self, train_dataset=None):
+        """data.group_by_modality_length: LLaVA's grouped order; data.shuffle false: file order."""
+        data = self.run_config.data
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if data.group_by_modality_length:
+            if not hasattr(dataset, "modality_lengths"):
+                raise ConfigError(f"data.group_by_modality_length: the {self.run_config.model.family} family's "
+                                  "training examples have no modality and length to group by")
+            args = self.args
+            group = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+            return ModalityLengthGroupedSampler(*dataset.modality_lengths(), group, args.data_seed or args.seed)
+        if not data.shuffle:
+            return SequentialSampler(dataset)
+        return super()._get_train_sampler(*([train_dataset] if train_dataset is not None else []))
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         skipped = inputs.pop("skipped", None)
