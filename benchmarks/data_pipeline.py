@@ -18,6 +18,7 @@ git worktree and measures its reader with the same harness (it has no cache: its
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -53,6 +54,7 @@ def rank_job(args) -> None:
     cfg = config_from_dict(json.loads(Path(args.config).read_text()))
     family = get_family("llava")
     bundle = family.load_for_run(cfg, args.base, with_model=False)
+    importlib.import_module("vlft.data.dataset")  # the reader's libraries: loaded before memory is measured
     dist.barrier()
     before, start = memory_mb(), time.perf_counter()
     dataset = family.train_dataset(cfg, bundle)
@@ -101,7 +103,7 @@ def prepare_inputs(work: Path, records: int, easy_vqa: Path, num_workers: int) -
         subprocess.run([sys.executable, str(REPO / "data_prep" / "synthetic_mix.py"), "--records", str(records),
                         "--out", str(data)], check=True, capture_output=True)
     config = {"model": {"family": "llava", "name_or_path": "tiny"},
-              "data": {"train": str(data / "llava_mix.json"), "image_folder": str(easy_vqa / "images"),
+              "data": {"train": str(data / "llava_mix.json"), "image_folder": str(easy_vqa.resolve() / "images"),
                        "max_length": 512, "num_workers": num_workers},
               "training": {"output_dir": str(work / "run")}}
     path = work / f"config-{records}.json"

@@ -62,6 +62,25 @@ def mix_index(sizes: list[int], weights: list[float | None], seed: int) -> np.nd
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
+class TokenMemo:
+    """The tokenizer's ``tokenizer(text, add_special_tokens=False)`` for texts tokenized together beforehand
+    (one call per chunk of records instead of one per turn: most of the cost of preparing is the call's
+    overhead); a text not prefetched is tokenized on its own."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.known = tokenizer, {}
+
+    def prefetch(self, texts: list[str]) -> None:
+        texts = list(dict.fromkeys(texts))
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        self.known = dict(zip(texts, ids, strict=True))
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        if text in self.known and not add_special_tokens:
+            return {"input_ids": list(self.known[text])}
+        return self.tokenizer(text, add_special_tokens=add_special_tokens)
+
+
 class _RecordView(Sequence):
     """The dataset's records as dicts, decoded on access (nothing is held in memory)."""
 
@@ -93,13 +112,13 @@ class PreparedDataset(Dataset):
     def __init__(self, sources, bundle, image_folder: str, max_samples: int | None = None, on_error: str = "raise",
                  video: VideoConfig | None = None, cache_dir: str | None = None, seed: int = 0, log=print):
         self.bundle, self.image_folder, self.video = bundle, image_folder, video or VideoConfig()
+        self.tokens = TokenMemo(bundle.tokenizer) if bundle.tokenizer is not None else None
         self.sources = as_sources(sources)
         self.path = ", ".join(s.path for s in self.sources)
         self.skips = SkipLog() if on_error == "skip" else None
-        features = datasets.Features({**BASE_FEATURES, **self.COLUMNS})
-        prepared: list[Prepared] = [
-            prepare(source, self.encode, features, self.fingerprint_parts(), cache_root(cache_dir), on_error, log)
-            for source in self.sources]
+        features, parts = datasets.Features({**BASE_FEATURES, **self.COLUMNS}), self.fingerprint_parts()
+        prepared: list[Prepared] = [prepare(source, self.encode, features, parts, cache_root(cache_dir), on_error,
+                                            log, self.before_encoding) for source in self.sources]
         for part in prepared:
             for reason, where, message in part.skips:
                 self.skips.add(reason, where, message)
@@ -143,6 +162,23 @@ class PreparedDataset(Dataset):
 
     def columns(self, record: dict, where: str) -> dict:
         return {}
+
+    def texts_to_tokenize(self, record: dict) -> list[str]:
+        """The texts columns() tokenizes (through self.tokens), for batching; a record not yet validated."""
+        return []
+
+    def before_encoding(self, records: list) -> None:
+        """Tokenize the texts of a chunk of records in one call (records not yet validated: a malformed one
+        is left to encode(), which names it)."""
+        if self.tokens is None:
+            return
+        texts = []
+        for record in records:
+            try:
+                texts += self.texts_to_tokenize(record)
+            except (KeyError, TypeError, AttributeError, IndexError):
+                continue
+        self.tokens.prefetch(texts)
 
     # -- reading ------------------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ dataset's encoded columns), `skips.json` (bad records, in file order: [reason, w
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -89,10 +90,11 @@ def local_main_first():
 
 
 def prepare(source: Source, encode: Callable[[dict, str], dict], features: datasets.Features, parts: dict,
-            root: Path, on_error: str, log: Callable[[str], None] = print) -> Prepared:
+            root: Path, on_error: str, log: Callable[[str], None] = print, before_encoding=None) -> Prepared:
     """The prepared rows of ``source``: from the cache when ``parts`` (what ``encode`` depends on) and the
     source are unchanged, else built. ``encode(record, where)`` validates one record and returns its columns,
-    raising DataError for a bad one (raised under on_error raise, counted under skip)."""
+    raising DataError for a bad one (raised under on_error raise, counted under skip);
+    ``before_encoding(records)`` sees each chunk of records first (to tokenize them in one call)."""
     key = fingerprint({"source": source_state(source), "format": FORMAT_VERSION, "vlft": _version(), **parts})
     directory = root / key
     reused = True
@@ -100,7 +102,7 @@ def prepare(source: Source, encode: Callable[[dict, str], dict], features: datas
         if not (directory / META).is_file():
             reused = False
             start = time.time()
-            _build(source, encode, features, directory, on_error)
+            _build(source, encode, features, directory, on_error, before_encoding)
             log(f"data: prepared {source.path} in {time.time() - start:.1f} s -> {directory}")
     meta = json.loads((directory / META).read_text())
     skips = json.loads((directory / SKIPS).read_text())
@@ -118,17 +120,30 @@ def _version() -> str:
     return __version__
 
 
-def read_encoded(source: Source, encode: Callable[[dict, str], object]
+def read_encoded(source: Source, encode: Callable[[dict, str], object], before_encoding=None, chunk: int = 1024
                  ) -> Iterator[tuple[str, object, DataError | None]]:
     """(where, encode(record, where), None) for every record of the source, or (where, None, error) for a bad
-    one; a problem with the whole source (reason None) raises."""
-    for where, raw in iter_raw(source):
-        try:
-            yield where, encode(parse_line(raw, where), where), None
-        except DataError as err:
-            if err.reason is None:
-                raise
-            yield where, None, err
+    one; a problem with the whole source (reason None) raises. ``before_encoding`` sees each chunk first."""
+    raw = iter_raw(source)
+    while block := list(itertools.islice(raw, chunk)):
+        parsed = []
+        for where, item in block:
+            try:
+                parsed.append((where, parse_line(item, where), None))
+            except DataError as err:
+                parsed.append((where, None, err))
+        if before_encoding is not None:
+            before_encoding([record for _, record, error in parsed if error is None])
+        for where, record, error in parsed:
+            if error is None:
+                try:
+                    yield where, encode(record, where), None
+                    continue
+                except DataError as err:
+                    error = err
+            if error.reason is None:
+                raise error
+            yield where, None, error
 
 
 def read_records(source: Source | str, validate: Callable[[dict, str], None]) -> Iterator[tuple[str, dict]]:
@@ -145,7 +160,8 @@ def read_records(source: Source | str, validate: Callable[[dict, str], None]) ->
         yield where, record
 
 
-def _build(source: Source, encode, features: datasets.Features, directory: Path, on_error: str) -> None:
+def _build(source: Source, encode, features: datasets.Features, directory: Path, on_error: str,
+           before_encoding=None) -> None:
     """Write the directory under a temporary name and rename it into place: whole or not at all (two nodes
     sharing the cache may both build it; the first rename wins)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +171,7 @@ def _build(source: Source, encode, features: datasets.Features, directory: Path,
     skips, rows = [], 0
     try:
         with ArrowWriter(features=features, path=str(staging / ROWS)) as writer:
-            for where, row, error in read_encoded(source, encode):
+            for where, row, error in read_encoded(source, encode, before_encoding):
                 if error is not None:
                     if on_error == "raise":
                         raise error

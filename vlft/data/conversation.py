@@ -31,6 +31,23 @@ def encode_text(tokenizer, text: str, spec: TokenSpec) -> list[int]:
     return ids
 
 
+def turn_texts(turns: list[dict], template: ChatTemplate) -> list[tuple[bool, str]]:
+    """(learned, text) of each part of a conversation as the template writes it: the system text and user
+    turns are context, the assistant answers are learned."""
+    parts = [(False, template.system + " ")] if template.system else []
+    for turn in turns:
+        if ROLES[turn["from"]] == "user":
+            parts.append((False, template.user_turn(turn["value"])))
+        else:
+            parts.append((True, template.answer_prefix + turn["value"]))
+    return parts
+
+
+def texts_to_tokenize(turns: list[dict], template: ChatTemplate) -> list[str]:
+    """The texts encode_conversation hands the tokenizer (to tokenize many conversations in one call)."""
+    return [piece for _, text in turn_texts(turns, template) for piece in text.split(IMAGE_PLACEHOLDER) if piece]
+
+
 def encode_conversation(turns: list[dict], tokenizer, template: ChatTemplate, spec: TokenSpec,
                         max_length: int, where: str = "record") -> tuple[list[int], list[int]]:
     """(input_ids, labels) for a multi-turn conversation.
@@ -41,19 +58,12 @@ def encode_conversation(turns: list[dict], tokenizer, template: ChatTemplate, sp
     """
     input_ids = [spec.bos_token_id] if spec.bos_token_id is not None else []
     labels = [IGNORE_INDEX] * len(input_ids)
-    if template.system:
-        system = encode_text(tokenizer, template.system + " ", spec)
-        input_ids += system
-        labels += [IGNORE_INDEX] * len(system)
-    for turn in turns:
-        if ROLES[turn["from"]] == "user":
-            ids = encode_text(tokenizer, template.user_turn(turn["value"]), spec)
-            input_ids += ids
-            labels += [IGNORE_INDEX] * len(ids)
-        else:
-            ids = encode_text(tokenizer, template.answer_prefix + turn["value"], spec) + [spec.eos_token_id]
-            input_ids += ids
-            labels += ids
+    for learned, text in turn_texts(turns, template):
+        ids = encode_text(tokenizer, text, spec)
+        if learned:
+            ids.append(spec.eos_token_id)
+        input_ids += ids
+        labels += ids if learned else [IGNORE_INDEX] * len(ids)
     return truncate(input_ids, labels, spec, max_length, where)
 
 

@@ -15,7 +15,14 @@ import numpy as np
 import torch
 
 from vlft.data.base import PreparedDataset
-from vlft.data.conversation import IGNORE_INDEX, TokenSpec, encode_conversation, encode_prompt, truncate
+from vlft.data.conversation import (
+    IGNORE_INDEX,
+    TokenSpec,
+    encode_conversation,
+    encode_prompt,
+    texts_to_tokenize,
+    truncate,
+)
 from vlft.data.records import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, DataError, image_paths, question_turns, references
 from vlft.models.base import ModelBundle
 
@@ -89,10 +96,12 @@ class ConversationDataset(_ConversationRecords):
     def fingerprint_parts(self) -> dict:
         return {**super().fingerprint_parts(), "max_length": self.max_length}
 
+    def texts_to_tokenize(self, record: dict) -> list[str]:
+        return texts_to_tokenize(with_markers(record["conversations"]), self.bundle.template)
+
     def columns(self, record: dict, where: str) -> dict:
-        tok, template = self.bundle.tokenizer, self.bundle.template
-        ids, labels = encode_conversation(with_markers(record["conversations"]), tok, template, self.marker_spec,
-                                          10**9, where)
+        ids, labels = encode_conversation(with_markers(record["conversations"]), self.tokens, self.bundle.template,
+                                          self.marker_spec, 10**9, where)
         markers = [i for i, t in enumerate(ids) if t == self.spec.image_token_id]
         extra = self.tokens_per_marker(record) - 1
         if markers:  # where the last image token ends once every marker is expanded
@@ -122,9 +131,12 @@ class PromptDataset(_ConversationRecords):
 
     COLUMNS = {"input_ids": TOKENS}
 
+    def texts_to_tokenize(self, record: dict) -> list[str]:
+        return texts_to_tokenize(with_markers(question_turns(record)), self.bundle.template)
+
     def columns(self, record: dict, where: str) -> dict:
-        return {"input_ids": encode_prompt(with_markers(question_turns(record)), self.bundle.tokenizer,
-                                           self.bundle.template, self.marker_spec)}
+        return {"input_ids": encode_prompt(with_markers(question_turns(record)), self.tokens, self.bundle.template,
+                                           self.marker_spec)}
 
     def item(self, index: int) -> dict:
         row = self.row(index)

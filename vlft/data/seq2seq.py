@@ -86,12 +86,20 @@ class QuestionAnswerDataset(PreparedDataset):
                 raise DataError(f"{where}: no pre-extracted features for image {image} in "
                                 f"{self.store.directory}", reason="missing_image", where=where)
 
-    def columns(self, record: dict, where: str) -> dict:
-        """Token ids of each question (with its task prefix) and answer; for evaluation the last question."""
-        tok = self.bundle.tokenizer
+    def pairs(self, record: dict) -> list[tuple[str, str]]:
+        """(question, answer) of each example of the record; for evaluation its last question."""
         pairs = question_answer_pairs(record)
         if self.for_eval:
             pairs = [(question_text(record["conversations"][-2 if pairs else -1]), "")]
+        return pairs
+
+    def texts_to_tokenize(self, record: dict) -> list[str]:
+        prefix = TASK_PREFIX.get(record.get("task", "vqa"), "")
+        return [text for question, answer in self.pairs(record) for text in (prefix + question, answer)]
+
+    def columns(self, record: dict, where: str) -> dict:
+        """Token ids of each question (with its task prefix) and answer."""
+        tok, pairs = self.bundle.tokenizer, self.pairs(record)
         prefix = TASK_PREFIX[record.get("task", "vqa")]
         sources = [[tok.bos_token_id, *self._ids(prefix + question)][: self.max_length - 1] + [tok.eos_token_id]
                    for question, _ in pairs]
@@ -99,7 +107,7 @@ class QuestionAnswerDataset(PreparedDataset):
         return {"sources": sources, "targets": targets, "num_pairs": len(pairs)}
 
     def _ids(self, text: str) -> list[int]:
-        return self.bundle.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokens(text, add_special_tokens=False)["input_ids"]
 
     def __len__(self) -> int:
         return len(self.examples)
