@@ -68,7 +68,7 @@ def rank_job(args) -> None:
     rate = examples / (time.perf_counter() - start)
     result = {"rank": dist.get_rank(), "ready_s": ready, "anon_mb": after["anon"] - before["anon"],
               "rss_mb": after["rss"] - before["rss"], "examples_per_s": rate, "examples": len(dataset)}
-    print("RESULT " + json.dumps(result), flush=True)
+    Path(args.results, f"rank{dist.get_rank()}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
 
 
@@ -76,11 +76,12 @@ def launch(pythonpath: Path, config: Path, base: Path, cache: Path, batches: int
     """Both ranks of one start; the slower rank's time, the larger memory, the slower DataLoader."""
     env = {**os.environ, "PYTHONPATH": str(pythonpath), "VLFT_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
+    results_dir = Path(tempfile.mkdtemp(prefix="ranks-"))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(_free_port()), str(REPO / "benchmarks" / "data_pipeline.py"), "--rank-job", "--config", str(config),
-           "--base", str(base), "--batches", str(batches)]
+           "--base", str(base), "--batches", str(batches), "--results", str(results_dir)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=pythonpath)
-    results = [json.loads(line[7:]) for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    results = [json.loads(p.read_text()) for p in sorted(results_dir.glob("rank*.json"))]
     if out.returncode != 0 or len(results) != 2:
         raise SystemExit(f"rank job failed ({pythonpath}):\n{(out.stdout + out.stderr)[-3000:]}")
     return {"ready_s": max(r["ready_s"] for r in results), "anon_mb": max(r["anon_mb"] for r in results),
@@ -132,23 +133,32 @@ def checkout(commit: str, where: Path) -> Path:
 
 
 def measure(reader: str, code: Path, work: Path, records: int, args) -> list[dict]:
+    """The cold and warm rows of one reader and N; rows already in work/rows.jsonl are kept (a long benchmark
+    can be resumed; delete a line to measure it again)."""
+    done = work / "rows.jsonl"
+    kept = [json.loads(line) for line in done.read_text().splitlines()] if done.is_file() else []
+    rows = [r for r in kept if (r["reader"], r["records"]) == (reader, records)]
+    if len(rows) == 2:
+        return rows
     config, _ = prepare_inputs(work, records, Path(args.easy_vqa), args.num_workers)
     cache = work / f"cache-{reader}-{records}"
     shutil.rmtree(cache, ignore_errors=True)
     rows = []
     for start in ("cold", "warm"):
         result = launch(code, config, tiny_base(work, Path(args.easy_vqa)), cache, args.batches)
-        rows.append({"reader": reader, "records": records, "start": start, **result})
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        rows.append({"reader": reader, "records": records, "start": start, **result,
+                     "load": os.getloadavg()[0]})
+        with done.open("a") as f:
+            f.write(json.dumps(rows[-1]) + "\n")
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| reader | N | start | ready (s) | anon MB / rank | RSS MB / rank | examples/s (1 rank) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| reader | N | start | ready (s) | anon MB / rank | RSS MB / rank | examples/s (1 rank) | load |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['reader']} | {r['records']:,} | {r['start']} | {r['ready_s']:.1f} | {r['anon_mb']:.0f} | "
-                     f"{r['rss_mb']:.0f} | {r['examples_per_s']:.0f} |")
+                     f"{r['rss_mb']:.0f} | {r['examples_per_s']:.0f} | {r.get('load', float('nan')):.1f} |")
     return "\n".join(lines)
 
 
@@ -164,6 +174,7 @@ def main() -> None:
     parser.add_argument("--rank-job", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--base", help=argparse.SUPPRESS)
+    parser.add_argument("--results", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rank_job:
         return rank_job(args)
