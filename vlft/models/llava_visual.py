@@ -25,6 +25,7 @@ class LlavaVisual:
         self.image_token = processor.tokenizer.convert_ids_to_tokens(self.image_token_id)
         self.video_token = (processor.tokenizer.convert_ids_to_tokens(self.video_token_id) if self.native_video
                             else None)
+        self.counts: dict[tuple, int] = {}
 
     def image(self, image: Image.Image) -> tuple[dict[str, torch.Tensor], int]:
         """(model inputs of one image, image tokens it occupies)."""
@@ -44,15 +45,18 @@ class LlavaVisual:
         return inputs, sum(count for _, count in parts)
 
     def image_tokens(self, height: int, width: int) -> int:
-        """Tokens of an image of this size, without processing it (for checks before training)."""
-        counts = self.processor._get_num_multimodal_tokens(image_sizes=[(height, width)])
-        return int(counts["num_image_tokens"][0])
+        """Tokens of an image of this size, known before it is decoded (for checks before training): the
+        processor's count for a blank image of that size (remembered: most datasets have a few sizes)."""
+        key = ("image", height, width)
+        if key not in self.counts:
+            self.counts[key] = self.image(Image.new("RGB", (width, height)))[1]
+        return self.counts[key]
 
     def video_tokens(self, frames: int, height: int, width: int, as_images: bool = False) -> int:
-        if self.native_video and not as_images:
-            counts = self.processor._get_num_multimodal_tokens(video_sizes=[(frames, height, width)])
-            return int(counts["num_video_tokens"][0])
-        return frames * self.image_tokens(height, width)
+        key = ("video", frames, height, width, as_images)
+        if key not in self.counts:
+            self.counts[key] = self.video([Image.new("RGB", (width, height))] * frames, as_images)[1]
+        return self.counts[key]
 
     def blank(self) -> dict[str, torch.Tensor]:
         """Model inputs of a blank image (what a rank whose batch has no image runs through the tower)."""
