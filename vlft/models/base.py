@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-
 class ModelLoadError(RuntimeError):
     """A checkpoint could not be found or read; the message names it."""
 
