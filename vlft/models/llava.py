@@ -9,6 +9,7 @@ the same `load`.
 from __future__ import annotations
 
 import json
+import math
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -30,7 +31,7 @@ from transformers import (
     LlavaProcessor,
 )
 
-from vlft.config import ModelConfig, RunConfig
+from vlft.config import ConfigError, ModelConfig, RunConfig
 from vlft.data.chat_template import CheckpointTemplate
 from vlft.data.template import LLAVA_V1
 from vlft.models.base import ModelBundle, ModelLoadError
@@ -64,6 +65,37 @@ def num_image_tokens(config) -> int:
     vision = config.vision_config
     patches = (vision.image_size // vision.patch_size) ** 2
     return patches + (1 if config.vision_feature_select_strategy == "full" else 0)
+
+
+def video_tokens_per_frame(config) -> int:
+    """Tokens one video frame occupies, as the architecture's processor counts them: OneVision and
+    LLaVA-NeXT-Video pool each frame's grid 2x2; LLaVA-1.5 and LLaVA-NeXT take frames through their image path
+    unpooled (for NeXT at least that: a frame larger than the tower's input adds tiles)."""
+    side = config.vision_config.image_size // config.vision_config.patch_size
+    if config.model_type == "llava_onevision":
+        return math.ceil(side / 2) ** 2
+    if config.model_type == "llava_next_video":
+        return side * side // 4
+    return num_image_tokens(config)
+
+
+def token_budget(config, cfg: RunConfig) -> dict:
+    """What one video takes of data.max_length (at the most frames data.video samples), before any text."""
+    frames, per_frame = cfg.data.video.most(), video_tokens_per_frame(config)
+    newline = 1 if config.model_type == "llava_onevision" else 0  # OneVision ends a clip with one newline token
+    return {"frames": frames, "tokens_per_frame": per_frame, "video_tokens": frames * per_frame + newline,
+            "max_length": cfg.data.max_length, "pooled": config.model_type in ("llava_onevision", "llava_next_video")}
+
+
+def check_token_budget(config, cfg: RunConfig) -> dict:
+    """Refuse, before any record is read, a video checkpoint's config whose videos cannot fit data.max_length."""
+    budget = token_budget(config, cfg)
+    if budget["pooled"] and budget["video_tokens"] >= budget["max_length"]:
+        raise ConfigError(
+            f"data.max_length={budget['max_length']} cannot hold one video: {budget['frames']} frames x "
+            f"{budget['tokens_per_frame']} tokens = {budget['video_tokens']} tokens before any text; raise "
+            "data.max_length or lower data.video.num_frames (data.video.max_frames under fps sampling)")
+    return budget
 
 
 def _processor(path: str, tokenizer, config):
@@ -168,6 +200,7 @@ def train_dataset(cfg: RunConfig, bundle: ModelBundle, on_error: str | None = No
     from vlft.data.cache import dataset_options
     from vlft.data.dataset import ConversationDataset
 
+    check_token_budget(bundle.extra["visual"].config, cfg)
     return ConversationDataset(cfg.data.train, bundle, cfg.data.image_folder, cfg.data.max_length,
                                on_error=on_error or cfg.data.on_error, system_prompt=cfg.data.system_prompt,
                                **dataset_options(cfg))
