@@ -37,6 +37,9 @@ def _help(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:
 class TinyModelConfig:
     """Sizes of the offline `tiny` model built from config (random init)."""
 
+    architecture: Literal["llava", "llava_next", "llava_onevision", "llava_next_video"] = _help(
+        "llava family: the transformers architecture of the tiny build (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, "
+        "LLaVA-NeXT-Video).", "llava")
     image_size: int = _help("Input image side in pixels.", 64)
     patch_size: int = _help("Vision patch size; image tokens = (image_size / patch_size)^2.", 8)
     vision_hidden_size: int = _help("Width of the CLIP-ViT vision tower.", 64)

@@ -1,7 +1,7 @@
 import pytest
 
 from vlft.data.cache import read_records
-from vlft.data.conversation import IGNORE_INDEX, TokenSpec, encode_conversation, encode_prompt
+from vlft.data.conversation import IGNORE_INDEX, TokenSpec
 from vlft.data.records import DataError, validate_record
 from vlft.data.template import LLAVA_V1
 from vlft.models.tokenizer import build_word_tokenizer
@@ -27,7 +27,7 @@ def ids(tok, text):
 def test_multi_turn_labels_cover_only_answers_and_their_eos(tok, spec):
     turns = [{"from": "human", "value": "<image>\nwhat shape is it ?"}, {"from": "gpt", "value": "circle"},
              {"from": "human", "value": "what color ?"}, {"from": "gpt", "value": "red"}]
-    input_ids, labels = encode_conversation(turns, tok, LLAVA_V1, spec, max_length=100)
+    input_ids, labels = LLAVA_V1.encode(turns, tok, spec, max_length=100)
     learned = [t for t, lab in zip(input_ids, labels, strict=True) if lab != IGNORE_INDEX]
     circle, red, eos = ids(tok, "circle")[0], ids(tok, "red")[0], tok.eos_token_id
     assert learned == [circle, eos, red, eos]
@@ -37,7 +37,7 @@ def test_multi_turn_labels_cover_only_answers_and_their_eos(tok, spec):
 
 def test_image_placeholder_becomes_the_models_number_of_image_tokens(tok, spec):
     turns = [{"from": "human", "value": "<image>\nwhat color ?"}, {"from": "gpt", "value": "blue"}]
-    input_ids, labels = encode_conversation(turns, tok, LLAVA_V1, spec, max_length=100)
+    input_ids, labels = LLAVA_V1.encode(turns, tok, spec, max_length=100)
     positions = [i for i, t in enumerate(input_ids) if t == spec.image_token_id]
     assert len(positions) == 5 and positions == list(range(positions[0], positions[0] + 5))
     assert all(labels[i] == IGNORE_INDEX for i in positions)
@@ -47,7 +47,7 @@ def test_image_placeholder_becomes_the_models_number_of_image_tokens(tok, spec):
 
 def test_text_only_record_has_no_image_tokens(tok, spec):
     turns = [{"from": "human", "value": "hello there"}, {"from": "gpt", "value": "hello"}]
-    input_ids, labels = encode_conversation(turns, tok, LLAVA_V1, spec, max_length=100)
+    input_ids, labels = LLAVA_V1.encode(turns, tok, spec, max_length=100)
     assert spec.image_token_id not in input_ids
     assert [t for t, lab in zip(input_ids, labels, strict=True) if lab != IGNORE_INDEX] == [
         ids(tok, "hello")[0], tok.eos_token_id]
@@ -55,19 +55,19 @@ def test_text_only_record_has_no_image_tokens(tok, spec):
 
 def test_truncation_cuts_text_after_the_image_never_inside_it(tok, spec):
     turns = [{"from": "human", "value": "<image>\nwhat shape is it ?"}, {"from": "gpt", "value": "circle"}]
-    full, _ = encode_conversation(turns, tok, LLAVA_V1, spec, max_length=100)
+    full, _ = LLAVA_V1.encode(turns, tok, spec, max_length=100)
     last_image = max(i for i, t in enumerate(full) if t == spec.image_token_id)
-    cut, labels = encode_conversation(turns, tok, LLAVA_V1, spec, max_length=last_image + 2)
+    cut, labels = LLAVA_V1.encode(turns, tok, spec, max_length=last_image + 2)
     assert cut == full[:last_image + 2] and cut.count(spec.image_token_id) == 5
     assert len(labels) == len(cut)
     with pytest.raises(DataError, match=r"rec 7: its 5 image tokens end at position 8, beyond data.max_length=6"):
-        encode_conversation(turns, tok, LLAVA_V1, spec, max_length=6, where="rec 7")
+        LLAVA_V1.encode(turns, tok, spec, max_length=6, where="rec 7")
 
 
 def test_prompt_ends_where_the_answer_starts(tok, spec):
     turns = [{"from": "human", "value": "<image>\nwhat color ?"}, {"from": "gpt", "value": "blue"}]
-    full, labels = encode_conversation(turns, tok, LLAVA_V1, spec, max_length=100)
-    prompt = encode_prompt(turns[:1], tok, LLAVA_V1, spec)
+    full, labels = LLAVA_V1.encode(turns, tok, spec, max_length=100)
+    prompt = LLAVA_V1.prompt(turns[:1], tok, spec)
     assert full[:len(prompt)] == prompt and labels[len(prompt)] != IGNORE_INDEX
 
 

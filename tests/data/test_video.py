@@ -200,7 +200,7 @@ def test_llava_video_record_gives_one_image_token_run_per_frame(tmp_path):
     short = next(i for i, r in enumerate(dataset.records) if r["id"] == "short")
     item, short_item = dataset[good], dataset[short]  # 3 frames >= min_frames 2: kept, with 3 frames
     assert (item["input_ids"] == bundle.image_token_id).sum() == 4 * bundle.num_image_tokens
-    assert item["pixel_values"].shape[0] == 4 and short_item["pixel_values"].shape[0] == 3
+    assert item["visual"]["pixel_values"][0].shape[0] == 4 and short_item["visual"]["pixel_values"][0].shape[0] == 3
     batch = VisionTextCollator(bundle.tokenizer.pad_token_id)([item, short_item])
     assert batch["pixel_values"].shape[0] == 7
     loss = bundle.model(**batch).loss

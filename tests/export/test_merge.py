@@ -32,15 +32,17 @@ save_file({k: v.contiguous() for k, v in result.items()}, out)
 """
 CHILD = {
     "llava": """
-from transformers import AutoProcessor, LlavaForConditionalGeneration
-model = LlavaForConditionalGeneration.from_pretrained(directory).eval()
-inputs = AutoProcessor.from_pretrained(directory)(images=image, text="USER: <image>\\nwhat shape is this? ASSISTANT:",
-                                                  return_tensors="pt")
+from transformers import AutoModelForImageTextToText, AutoProcessor
+model = AutoModelForImageTextToText.from_pretrained(directory).eval()
+processor = AutoProcessor.from_pretrained(directory)
+question = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what shape is this?"}]}]
+text = (processor.apply_chat_template(question, add_generation_prompt=True) if processor.chat_template
+        else "USER: <image>\\nwhat shape is this? ASSISTANT:")
+inputs = dict(processor(images=image, text=text, return_tensors="pt"))
 with torch.no_grad():
     logits = model(**inputs).logits
 generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-result = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"],
-          "pixel_values": inputs["pixel_values"], "logits": logits, "generated": generated}
+result = {**inputs, "logits": logits, "generated": generated}
 """,
     "vl_bart": """
 sys.path.insert(0, directory)
@@ -70,6 +72,8 @@ with torch.no_grad():
 def family_config(family: str, shapes_data, out, vision: str = "dora") -> dict:
     cfg = tiny_config_dict(shapes_data, out, max_steps=3, lr=1e-2)
     cfg["adapters"]["vision"] = vision
+    if family.startswith("llava_"):  # another LLaVA architecture of the llava family
+        cfg["model"]["tiny"]["architecture"] = family
     if family == "vl_bart":
         cfg["model"] = {"family": "vl_bart", "name_or_path": "tiny",
                         "tiny": {"image_size": 32, "vision_hidden_size": 32, "text_hidden_size": 32,
@@ -96,9 +100,8 @@ def shapes_with_labels(shapes_data):
 def unmerged_logits(family: str, bundle, inputs: dict) -> torch.Tensor:
     model = bundle.model
     with torch.no_grad():
-        if family == "llava":
-            return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                         pixel_values=inputs["pixel_values"]).logits
+        if family.startswith("llava"):
+            return model(**{k: v for k, v in inputs.items() if k not in ("logits", "generated")}).logits
         if family == "vl_bart":
             return model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                          pixel_values=inputs["pixel_values"], labels=inputs["labels"]).logits
@@ -106,12 +109,13 @@ def unmerged_logits(family: str, bundle, inputs: dict) -> torch.Tensor:
 
 
 def unmerged_generation(family: str, bundle, inputs: dict) -> torch.Tensor:
-    kwargs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"],
-              "pixel_values": inputs["pixel_values"], "max_new_tokens": 3}
-    return bundle.model.generate(**kwargs, do_sample=False) if family == "llava" else bundle.model.generate(**kwargs)
+    kwargs = {k: v for k, v in inputs.items() if k not in ("logits", "generated", "labels")}
+    return bundle.model.generate(**kwargs, max_new_tokens=3, do_sample=False)
 
 
-@pytest.mark.parametrize("family,vision", [("llava", "dora"), ("vl_bart", "dora"), ("vit", "dora"), ("vit", "full")])
+@pytest.mark.parametrize("family,vision", [("llava", "dora"), ("llava_next", "dora"), ("llava_onevision", "dora"),
+                                           ("llava_next_video", "dora"), ("vl_bart", "dora"), ("vit", "dora"),
+                                           ("vit", "full")])
 def test_merged_model_loads_without_vlft_or_peft_and_gives_the_unmerged_logits(family, vision, shapes_with_labels,
                                                                               tmp_path):
     from vlft.train.run import train
@@ -122,7 +126,7 @@ def test_merged_model_loads_without_vlft_or_peft_and_gives_the_unmerged_logits(f
     assert summary["merged_adapters"] == (vision == "dora")
     image = shapes_with_labels["images"] / "0.png"
     out = tmp_path / "child.safetensors"
-    child = subprocess.run([sys.executable, "-c", CHILD_PRELUDE + CHILD[family] + CHILD_EPILOGUE,
+    child = subprocess.run([sys.executable, "-c", CHILD_PRELUDE + CHILD[family.split("_")[0]] + CHILD_EPILOGUE,
                             str(tmp_path / "merged"), str(image), str(out)], cwd=tmp_path, capture_output=True,
                            text=True, timeout=300)
     assert child.returncode == 0, child.stderr[-3000:]

@@ -15,7 +15,7 @@ TINY = TinyModelConfig(image_size=32, patch_size=8, vision_hidden_size=32, visio
 
 def test_tiny_model_round_trips_through_the_same_loader_as_a_hub_checkpoint(tmp_path):
     path = build_tiny(TINY, ["what shape is it ?", "circle", "square"], tmp_path / "tiny")
-    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"} <= {
+    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= {
         p.name for p in path.iterdir()}
     bundle = load(ModelConfig(), str(path))
     assert bundle.num_image_tokens == (32 // 8) ** 2 == 16
@@ -62,7 +62,7 @@ def test_generation_from_precomputed_embeddings_equals_generation_from_pixels(tm
     """Evaluation runs the vision tower itself (the same place on every rank) and gives generate the prompt's
     embeddings: the answers are token for token those of transformers' own pixel_values path."""
     from vlft.data.dataset import PromptDataset, VisionTextCollator
-    from vlft.models.llava import generation_inputs
+    from vlft.models.llava_steps import generation_inputs
 
     texts = [t["value"] for r in json.loads(shapes_data["train"].read_text()) for t in r["conversations"]]
     bundle = load(ModelConfig(), str(build_tiny(TINY, texts, tmp_path / "tiny")))
@@ -80,6 +80,6 @@ def test_generation_from_precomputed_embeddings_equals_generation_from_pixels(tm
         if isinstance(module, torch.nn.Linear):
             torch.nn.init.normal_(module.weight, std=0.3)
     from_pixels = model.generate(**inputs, **kwargs)[:, inputs["input_ids"].shape[1]:]
-    from_embeddings = model.generate(**generation_inputs(model, inputs), **kwargs)
+    from_embeddings = model.generate(**generation_inputs(model, bundle.extra["visual"], inputs), **kwargs)
     assert torch.equal(from_pixels, from_embeddings)
     assert len({tuple(row.tolist()) for row in from_pixels}) > 1

@@ -1,11 +1,11 @@
-"""Turn a conversation into input_ids and labels: image tokens expanded, only answers learned."""
+"""What every conversation template shares: the token layout, the tokenization of text around image
+placeholders, cutting to max_length, and a record's turns as chat messages."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlft.data.records import IMAGE_PLACEHOLDER, ROLES, DataError
-from vlft.data.template import ChatTemplate
+from vlft.data.records import IMAGE_PLACEHOLDER, ROLES, VIDEO_PLACEHOLDER, DataError
 
 IGNORE_INDEX = -100
 
@@ -18,6 +18,11 @@ class TokenSpec:
     num_image_tokens: int
     bos_token_id: int | None
     eos_token_id: int
+    video_token_id: int | None = None  # a checkpoint whose videos have a token of their own
+
+    @property
+    def visual_token_ids(self) -> tuple[int, ...]:
+        return (self.image_token_id,) if self.video_token_id is None else (self.image_token_id, self.video_token_id)
 
 
 def encode_text(tokenizer, text: str, spec: TokenSpec) -> list[int]:
@@ -31,55 +36,27 @@ def encode_text(tokenizer, text: str, spec: TokenSpec) -> list[int]:
     return ids
 
 
-def turn_texts(turns: list[dict], template: ChatTemplate) -> list[tuple[bool, str]]:
-    """(learned, text) of each part of a conversation as the template writes it: the system text and user
-    turns are context, the assistant answers are learned."""
-    parts = [(False, template.system + " ")] if template.system else []
-    for turn in turns:
-        if ROLES[turn["from"]] == "user":
-            parts.append((False, template.user_turn(turn["value"])))
-        else:
-            parts.append((True, template.answer_prefix + turn["value"]))
-    return parts
-
-
-def texts_to_tokenize(turns: list[dict], template: ChatTemplate) -> list[str]:
-    """The texts encode_conversation hands the tokenizer (to tokenize many conversations in one call)."""
-    return [piece for _, text in turn_texts(turns, template) for piece in text.split(IMAGE_PLACEHOLDER) if piece]
-
-
-def encode_conversation(turns: list[dict], tokenizer, template: ChatTemplate, spec: TokenSpec,
-                        max_length: int, where: str = "record") -> tuple[list[int], list[int]]:
-    """(input_ids, labels) for a multi-turn conversation.
-
-    Labels are IGNORE_INDEX except on assistant answers and their end-of-turn token.
-    Sequences longer than ``max_length`` are cut from the end; the cut never falls inside
-    the image tokens: if they do not fit, DataError names the record.
-    """
-    input_ids = [spec.bos_token_id] if spec.bos_token_id is not None else []
-    labels = [IGNORE_INDEX] * len(input_ids)
-    for learned, text in turn_texts(turns, template):
-        ids = encode_text(tokenizer, text, spec)
-        if learned:
-            ids.append(spec.eos_token_id)
-        input_ids += ids
-        labels += ids if learned else [IGNORE_INDEX] * len(ids)
-    return truncate(input_ids, labels, spec, max_length, where)
-
-
 def truncate(input_ids: list[int], labels: list[int], spec: TokenSpec, max_length: int,
              where: str) -> tuple[list[int], list[int]]:
     if len(input_ids) <= max_length:
         return input_ids, labels
-    image_positions = [i for i, t in enumerate(input_ids) if t == spec.image_token_id]
+    visual = spec.visual_token_ids
+    image_positions = [i for i, t in enumerate(input_ids) if t in visual]
     if image_positions and image_positions[-1] >= max_length:
         raise DataError(f"{where}: its {len(image_positions)} image tokens end at position {image_positions[-1] + 1}, "
                         f"beyond data.max_length={max_length}; raise max_length", reason="too_long", where=where)
     return input_ids[:max_length], labels[:max_length]
 
 
-def encode_prompt(turns: list[dict], tokenizer, template: ChatTemplate, spec: TokenSpec) -> list[int]:
-    """input_ids of the conversation so far, ending where the assistant should start answering."""
-    ids, _ = encode_conversation(turns, tokenizer, template, spec, max_length=10**9)
-    return ids
-
+def to_messages(turns: list[dict], system: str = "", video_kind: str = "video") -> list[dict]:
+    """A record's turns as chat messages (the format of `apply_chat_template`): each `<image>` placeholder an
+    image entry and `<video>` a ``video_kind`` entry, before the turn's text (the placeholders and the line break
+    after them removed); the system prompt first."""
+    messages = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+    for turn in turns:
+        text, content = turn["value"], []
+        for placeholder, kind in ((IMAGE_PLACEHOLDER, "image"), (VIDEO_PLACEHOLDER, video_kind)):
+            content += [{"type": kind}] * text.count(placeholder)
+            text = text.replace(placeholder + "\n", "").replace(placeholder, "")
+        messages.append({"role": ROLES[turn["from"]], "content": [*content, {"type": "text", "text": text}]})
+    return messages

@@ -9,85 +9,90 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import datasets
 import numpy as np
 import torch
+from PIL import Image
 
-from vlft.data.base import PreparedDataset
-from vlft.data.conversation import (
-    IGNORE_INDEX,
-    TokenSpec,
-    encode_conversation,
-    encode_prompt,
-    texts_to_tokenize,
-    truncate,
-)
-from vlft.data.records import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, DataError, image_paths, question_turns, references
+from vlft.data.base import PreparedDataset, load_image
+from vlft.data.conversation import IGNORE_INDEX, TokenSpec, truncate
+from vlft.data.records import DataError, image_paths, question_turns, references
+from vlft.data.video import read_frames
 from vlft.models.base import ModelBundle
 
 TOKENS = datasets.List(datasets.Value("int32"))
 
 
 def token_spec(bundle: ModelBundle) -> TokenSpec:
-    tok = bundle.tokenizer
-    return TokenSpec(image_token_id=bundle.image_token_id, num_image_tokens=bundle.num_image_tokens,
-                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    """The token layout of a prepared row: one marker token per image (the image token) or video (the video
+    token where the checkpoint's template writes one)."""
+    tok, visual = bundle.tokenizer, bundle.extra["visual"]
+    video = visual.video_token_id if getattr(bundle.template, "native_video", False) else None
+    return TokenSpec(image_token_id=visual.image_token_id, num_image_tokens=1, bos_token_id=tok.bos_token_id,
+                     eos_token_id=tok.eos_token_id, video_token_id=video)
 
 
-def with_markers(turns: list[dict]) -> list[dict]:
-    """A video's `<video>` placeholder as one `<image>` marker (its frames are counted when it is read)."""
-    return [{**t, "value": t["value"].replace(VIDEO_PLACEHOLDER, IMAGE_PLACEHOLDER)} for t in turns]
-
-
-def expand_markers(ids: list[int], marker: int, per_marker: int, *aligned: list[int]) -> list[np.ndarray]:
-    """Each marker token of ``ids`` repeated ``per_marker`` times (the image tokens an image or video
-    occupies), and the same positions repeated in each ``aligned`` sequence (labels)."""
+def expand_markers(ids: list[int], spec: TokenSpec, counts: list[int], *aligned: list[int]) -> list[np.ndarray]:
+    """The k-th marker token of ``ids`` repeated ``counts[k]`` times (the tokens of the k-th image or video),
+    and the same positions repeated in each ``aligned`` sequence (labels)."""
     ids = np.asarray(ids, dtype=np.int64)
-    counts = np.where(ids == marker, per_marker, 1)
-    return [np.repeat(np.asarray(seq, dtype=np.int64), counts) for seq in (ids, *aligned)]
+    markers = np.isin(ids, spec.visual_token_ids)
+    if markers.sum() != len(counts):
+        raise ValueError(f"{int(markers.sum())} image or video markers for {len(counts)} visual inputs")
+    repeats = np.ones(len(ids), dtype=np.int64)
+    repeats[markers] = counts
+    return [np.repeat(np.asarray(seq, dtype=np.int64), repeats) for seq in (ids, *aligned)]
 
 
 class _ConversationRecords(PreparedDataset):
-    """What the LLaVA datasets share: the token layout and how a record's visual input is read."""
+    """What the LLaVA datasets share: the template, the token layout and how a record's visual inputs are read
+    (through the checkpoint's processor: model inputs and the tokens each image or clip occupies)."""
 
     max_images = None  # transformers' LLaVA fills image-token runs in order: any number per record
 
-    def __init__(self, sources, bundle: ModelBundle, image_folder: str, **kwargs):
+    def __init__(self, sources, bundle: ModelBundle, image_folder: str, system_prompt: str = "", **kwargs):
+        self.template = bundle.template.with_system(system_prompt)
+        self.visual = bundle.extra["visual"]
         self.spec = token_spec(bundle)
-        # markers: every image or video is one image token until it is read
-        self.marker_spec = dataclasses.replace(self.spec, num_image_tokens=1)
         super().__init__(sources, bundle, image_folder, **kwargs)
 
     def fingerprint_parts(self) -> dict:
-        return {**super().fingerprint_parts(), "template": dataclasses.asdict(self.bundle.template),
+        return {**super().fingerprint_parts(), "template": self.template.describe(),
                 "spec": dataclasses.asdict(self.spec)}
 
-    def tokens_per_marker(self, record: dict, frames: int | None = None) -> int:
-        """Image tokens one marker stands for: an image's, or those of a video's frames (by default as many as
-        sampling can give)."""
+    def marker_counts(self, record: dict) -> list[int]:
+        """Tokens of each image (at its size on disk) or of the video (as many frames as sampling can give):
+        what the record occupies at most, known before any image is decoded."""
+        side = self.visual.config.vision_config.image_size
         if record.get("video"):
-            return (frames or self.video.most()) * self.spec.num_image_tokens
-        return self.spec.num_image_tokens
+            return [self.visual.video_tokens(self.video.most(), side, side, as_images=not self.spec.video_token_id)]
+        counts = []
+        for path in image_paths(record):
+            with Image.open(Path(self.image_folder) / path) as image:  # reads the header only
+                counts.append(self.visual.image_tokens(image.height, image.width))
+        return counts
 
-    def visual_inputs(self, record: dict, where: str) -> dict:
-        """pixel_values (images, C, H, W): the record's images, or its video's frames, in token order."""
+    def visual_inputs(self, record: dict, where: str) -> tuple[dict[str, list[torch.Tensor]], list[int]]:
+        """(model inputs: per key, one tensor per image or the video's; the tokens each occupies), in token
+        order."""
         if record.get("video"):
-            return {"pixel_values": self.frames(record, where)}
-        if image_paths(record):
-            return {"pixel_values": torch.stack([self.image(path, where) for path in image_paths(record)])}
-        return {}
-
-    def expanded(self, record: dict, item: dict, ids: list[int], *aligned: list[int]) -> list[np.ndarray]:
-        frames = len(item["pixel_values"]) if record.get("video") else None
-        return expand_markers(ids, self.spec.image_token_id, self.tokens_per_marker(record, frames), *aligned)
+            frames = read_frames(Path(self.image_folder) / record["video"], self.video, where, record.get("start"),
+                                 record.get("end"))
+            inputs, count = self.visual.video(frames, as_images=not self.spec.video_token_id)
+            return {key: [value] for key, value in inputs.items()}, [count]
+        parts = [self.visual.image(load_image(self.image_folder, path, where)) for path in image_paths(record)]
+        if not parts:
+            return {}, []
+        return {key: [p[0][key] for p in parts] for key in parts[0][0]}, [count for _, count in parts]
 
 
 class ConversationDataset(_ConversationRecords):
-    """Training examples: input_ids, labels (answers only) and pixel_values."""
+    """Training examples: input_ids, labels (answers only) and the model's visual inputs."""
 
     COLUMNS = {"input_ids": TOKENS, "labels": TOKENS, "length": datasets.Value("int32"),
-                "multimodal": datasets.Value("bool")}
+               "multimodal": datasets.Value("bool")}
 
     def __init__(self, sources, bundle: ModelBundle, image_folder: str, max_length: int, **kwargs):
         self.max_length = max_length
@@ -97,20 +102,19 @@ class ConversationDataset(_ConversationRecords):
         return {**super().fingerprint_parts(), "max_length": self.max_length}
 
     def texts_to_tokenize(self, record: dict) -> list[str]:
-        return texts_to_tokenize(with_markers(record["conversations"]), self.bundle.template)
+        return self.template.texts_to_tokenize(record["conversations"])
 
     def columns(self, record: dict, where: str) -> dict:
-        ids, labels = encode_conversation(with_markers(record["conversations"]), self.tokens, self.bundle.template,
-                                          self.marker_spec, 10**9, where)
-        markers = [i for i, t in enumerate(ids) if t == self.spec.image_token_id]
-        extra = self.tokens_per_marker(record) - 1
+        ids, labels = self.template.encode(record["conversations"], self.tokens, self.spec, 10**9, where)
+        markers = [i for i, t in enumerate(ids) if t in self.spec.visual_token_ids]
+        counts = self.marker_counts(record) if markers else []
         if markers:  # where the last image token ends once every marker is expanded
-            end = markers[-1] + 1 + len(markers) * extra
+            end = markers[-1] + 1 + sum(counts) - len(counts)
             if end > self.max_length:
                 raise DataError(f"{where}: its image tokens end at position {end}, beyond data.max_length="
                                 f"{self.max_length}, before any of its text; raise max_length", reason="too_long",
                                 where=where)
-        length = min(len(ids) + len(markers) * extra, self.max_length)
+        length = min(len(ids) + sum(counts) - len(counts), self.max_length)
         return {"input_ids": ids, "labels": labels, "length": length, "multimodal": bool(markers)}
 
     def modality_lengths(self) -> tuple[np.ndarray, np.ndarray]:
@@ -120,10 +124,10 @@ class ConversationDataset(_ConversationRecords):
     def item(self, index: int) -> dict:
         row = self.row(index)
         record, where = json.loads(row["record"]), row["where"]
-        item = self.visual_inputs(record, where)
-        input_ids, labels = self.expanded(record, item, row["input_ids"], row["labels"])
+        inputs, counts = self.visual_inputs(record, where)
+        input_ids, labels = expand_markers(row["input_ids"], self.spec, counts, row["labels"])
         input_ids, labels = truncate(input_ids.tolist(), labels.tolist(), self.spec, self.max_length, where)
-        return {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels), **item}
+        return {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels), "visual": inputs}
 
 
 class PromptDataset(_ConversationRecords):
@@ -132,18 +136,18 @@ class PromptDataset(_ConversationRecords):
     COLUMNS = {"input_ids": TOKENS}
 
     def texts_to_tokenize(self, record: dict) -> list[str]:
-        return texts_to_tokenize(with_markers(question_turns(record)), self.bundle.template)
+        return self.template.texts_to_tokenize(question_turns(record))
 
     def columns(self, record: dict, where: str) -> dict:
-        return {"input_ids": encode_prompt(with_markers(question_turns(record)), self.tokens, self.bundle.template,
-                                           self.marker_spec)}
+        return {"input_ids": self.template.prompt(question_turns(record), self.tokens, self.spec)}
 
     def item(self, index: int) -> dict:
         row = self.row(index)
         record = json.loads(row["record"])
-        item = {"index": index, "references": references(record), **self.visual_inputs(record, row["where"])}
-        (input_ids,) = self.expanded(record, item, row["input_ids"])
-        return {"input_ids": torch.from_numpy(input_ids), **item}
+        inputs, counts = self.visual_inputs(record, row["where"])
+        (input_ids,) = expand_markers(row["input_ids"], self.spec, counts)
+        return {"input_ids": torch.from_numpy(input_ids), "visual": inputs, "index": index,
+                "references": references(record)}
 
 
 def pad(sequences: list[torch.Tensor], value: int, left: bool = False) -> torch.Tensor:
@@ -167,13 +171,30 @@ def split_skipped(items: list[dict]) -> tuple[list[dict], list[tuple]]:
     return items, skipped
 
 
+def stack_visual(per_item: list[dict]) -> dict[str, torch.Tensor]:
+    """The visual inputs of a batch, in token order: each key's tensors concatenated over the examples;
+    any-resolution pixel_values (images, tiles, C, H, W) padded to the most tiles (the model reads each image's
+    own count from image_sizes)."""
+    batch: dict[str, list[torch.Tensor]] = {}
+    for inputs in per_item:
+        for key, tensors in inputs.items():
+            batch.setdefault(key, []).extend(tensors)
+    out = {}
+    for key, tensors in batch.items():
+        if tensors[0].dim() == 5 and len({t.shape[1] for t in tensors}) > 1:
+            most = max(t.shape[1] for t in tensors)
+            tensors = [torch.nn.functional.pad(t, (0, 0, 0, 0, 0, 0, 0, most - t.shape[1])) for t in tensors]
+        out[key] = torch.cat(tensors)
+    return out
+
+
 class VisionTextCollator:
     """Pads a batch: right padding for training, left padding for generation.
 
-    pixel_values stacks the images (or video frames) of the examples that have them, in batch order, which
-    is the order in which the model fills the image-token slots; a text-only batch has none (the model
-    then runs its vision tower on a blank image so that every rank does the same work: see
-    vlft.models.llava.keep_vision_in_step).
+    The visual inputs (pixel_values, image_sizes, pixel_values_videos) are those of the examples that have
+    them, in batch order, which is the order in which the model fills the image- and video-token slots; a
+    text-only batch has none (the model then runs its vision tower on a blank image so that every rank does the
+    same work: see vlft.models.llava_steps).
     """
 
     def __init__(self, pad_token_id: int, for_generation: bool = False):
@@ -188,9 +209,7 @@ class VisionTextCollator:
         batch = {"input_ids": input_ids, "attention_mask": attention}
         if "labels" in items[0]:
             batch["labels"] = pad([it["labels"] for it in items], IGNORE_INDEX, left)
-        images = [it["pixel_values"] for it in items if "pixel_values" in it]
-        if images:
-            batch["pixel_values"] = torch.cat(images)
+        batch.update(stack_visual([it["visual"] for it in items if it.get("visual")]))
         if self.for_generation:
             batch["index"] = [it["index"] for it in items]
             batch["references"] = [it["references"] for it in items]

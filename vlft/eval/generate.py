@@ -46,8 +46,9 @@ def generate_answers(model, dataset: PromptDataset, batch_size: int, max_new_tok
         if dataset.skips is not None:
             dataset.skips.extend(batch.pop("skipped", []))
         inputs = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(next(model.parameters()).dtype)
+        for key in ("pixel_values", "pixel_values_videos"):  # images in the model's dtype
+            if key in inputs:
+                inputs[key] = inputs[key].to(next(model.parameters()).dtype)
         output = model.generate(**(model_inputs(inputs) if model_inputs else inputs), max_new_tokens=max_new_tokens,
                                 do_sample=False, num_beams=1, synced_gpus=synced_gpus,
                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)

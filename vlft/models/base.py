@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from vlft.data.template import ChatTemplate
-
 
 class ModelLoadError(RuntimeError):
     """A checkpoint could not be found or read; the message names it."""
@@ -22,7 +20,7 @@ class ModelBundle:
     model: Any
     tokenizer: Any
     image_processor: Any
-    template: ChatTemplate
+    template: Any  # how conversations become tokens (vlft.data.template); None where the family has none
     num_image_tokens: int
     image_token_id: int
     towers: dict[str, tuple[str, ...]]

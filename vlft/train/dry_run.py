@@ -31,4 +31,15 @@ def dry_run(cfg: RunConfig) -> dict:
     print(f"dry run of {cfg.model.name_or_path} ({where}):\n{table}")
     print(f"trainable: {summary['trainable_params']:,} of {summary['total_params']:,} "
           f"({summary['trainable_percent']:.2f}%)")
+    if hasattr(family, "check_token_budget"):
+        budget = family.check_token_budget(_config_of(model), cfg)
+        pooled = "pooled 2x2" if budget["pooled"] else "unpooled"
+        print(f"token budget: one video = {budget['frames']} frames x {budget['tokens_per_frame']} tokens "
+              f"({pooled}) = {budget['video_tokens']} of data.max_length={budget['max_length']}")
+        summary["token_budget"] = budget
     return summary
+
+
+def _config_of(model):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.config
