@@ -39,6 +39,18 @@ def load_image(image_folder: str | Path, relative_path: str, where: str) -> Imag
         raise DataError(f"{where}: cannot read image {path}: {err}", reason="corrupt_image", where=where) from None
 
 
+def image_size(image_folder: str | Path, relative_path: str, where: str) -> tuple[int, int]:
+    """(height, width) of an image from its header, without decoding it."""
+    path = Path(image_folder) / relative_path
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except FileNotFoundError:
+        raise DataError(f"{where}: image not found: {path}", reason="missing_image", where=where) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{where}: cannot read image {path}: {err}", reason="corrupt_image", where=where) from None
+
+
 def mix_index(sizes: list[int], weights: list[float | None], seed: int) -> np.ndarray | None:
     """Rows of the concatenated sources that make one epoch. Without weights every row once (None: in
     order). With weights an epoch holds sum(sizes) examples, source i's share weight_i / sum(weights):

@@ -14,9 +14,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from PIL import Image
 
-from vlft.data.base import PreparedDataset, load_image
+from vlft.data.base import PreparedDataset, image_size, load_image
 from vlft.data.conversation import IGNORE_INDEX, TokenSpec, truncate
 from vlft.data.records import DataError, image_paths, question_turns, references
 from vlft.data.video import read_frames
@@ -62,17 +61,15 @@ class _ConversationRecords(PreparedDataset):
         return {**super().fingerprint_parts(), "template": self.template.describe(),
                 "spec": dataclasses.asdict(self.spec)}
 
-    def marker_counts(self, record: dict) -> list[int]:
+    def marker_counts(self, record: dict, where: str) -> list[int]:
         """Tokens of each image (at its size on disk) or of the video (as many frames as sampling can give):
         what the record occupies at most, known before any image is decoded."""
         side = self.visual.config.vision_config.image_size
         if record.get("video"):
             return [self.visual.video_tokens(self.video.most(), side, side, as_images=not self.spec.video_token_id)]
-        counts = []
-        for path in image_paths(record):
-            with Image.open(Path(self.image_folder) / path) as image:  # reads the header only
-                counts.append(self.visual.image_tokens(image.height, image.width))
-        return counts
+        if not self.visual.size_dependent:  # every image is resized to the tower's input
+            return [self.visual.image_tokens(side, side)] * len(image_paths(record))
+        return [self.visual.image_tokens(*image_size(self.image_folder, path, where)) for path in image_paths(record)]
 
     def visual_inputs(self, record: dict, where: str) -> tuple[dict[str, list[torch.Tensor]], list[int]]:
         """(model inputs: per key, one tensor per image or the video's; the tokens each occupies), in token
@@ -107,7 +104,7 @@ class ConversationDataset(_ConversationRecords):
     def columns(self, record: dict, where: str) -> dict:
         ids, labels = self.template.encode(record["conversations"], self.tokens, self.spec, 10**9, where)
         markers = [i for i, t in enumerate(ids) if t in self.spec.visual_token_ids]
-        counts = self.marker_counts(record) if markers else []
+        counts = self.marker_counts(record, where) if markers else []
         if markers:  # where the last image token ends once every marker is expanded
             end = markers[-1] + 1 + sum(counts) - len(counts)
             if end > self.max_length:

@@ -26,6 +26,8 @@ class LlavaVisual:
         self.video_token = (processor.tokenizer.convert_ids_to_tokens(self.video_token_id) if self.native_video
                             else None)
         self.counts: dict[tuple, int] = {}
+        # any-resolution checkpoints tile an image by its size; LLaVA-1.5 resizes every image to the tower's input
+        self.size_dependent = config.model_type != "llava"
 
     def image(self, image: Image.Image) -> tuple[dict[str, torch.Tensor], int]:
         """(model inputs of one image, image tokens it occupies)."""
