@@ -99,16 +99,20 @@ def check_token_budget(config, cfg: RunConfig) -> dict:
 
 
 def _processor(path: str, tokenizer, config):
-    """The checkpoint's processor; for a checkpoint saved without one (a tiny build of an earlier vlft), the
-    LlavaProcessor its config implies."""
+    """The checkpoint's processor. A LLaVA-1.5 checkpoint saved without one (a tiny build of an earlier vlft, an
+    early llava-hf upload) gets the LlavaProcessor its config implies: its image processor, the tower's patch
+    size and feature strategy, the CLS token it drops."""
     try:
-        return AutoProcessor.from_pretrained(path)
+        processor = AutoProcessor.from_pretrained(path)
     except (OSError, ValueError, TypeError):
         if config.model_type != "llava":
             raise
-        return LlavaProcessor(image_processor=AutoImageProcessor.from_pretrained(path), tokenizer=tokenizer,
-                              patch_size=config.vision_config.patch_size, num_additional_image_tokens=1,
-                              vision_feature_select_strategy=config.vision_feature_select_strategy)
+        processor = LlavaProcessor(image_processor=AutoImageProcessor.from_pretrained(path), tokenizer=tokenizer)
+    if config.model_type == "llava" and getattr(processor, "patch_size", None) is None:
+        processor.patch_size = config.vision_config.patch_size
+        processor.vision_feature_select_strategy = config.vision_feature_select_strategy
+        processor.num_additional_image_tokens = 1  # CLIP's class token
+    return processor
 
 
 def template_of(processor, visual: LlavaVisual):
