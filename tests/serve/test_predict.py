@@ -84,3 +84,21 @@ def test_the_command_refuses_a_directory_that_is_not_a_run(tmp_path, served):
     assert result.stderr.splitlines() == [f"error: {tmp_path}: neither a finished vlft run (config.yaml beside the "
                                           "trained adapter or weights) nor a model written by `vlft merge` "
                                           "(vlft_merge.json)"]
+
+
+@pytest.mark.parametrize("family", ["llava", "vl_bart"])
+def test_a_video_question_is_answered_as_vlft_eval_answers_it(family, served, tmp_path, capsys):
+    from tests.conftest import write_video
+    from vlft.eval.run_eval import evaluate_run
+
+    run = served[family]["run"]
+    write_video(tmp_path / "clip.mp4", frames=8)
+    question = "what color is the shape?"
+    records = tmp_path / "video.json"
+    records.write_text(json.dumps([{"id": "clip", "video": "clip.mp4", "conversations": [
+        {"from": "human", "value": f"<video>\n{question}"}, {"from": "gpt", "value": "gray"}]}]))
+    evaluate_run(str(run), [f"data.eval={records}", f"data.image_folder={tmp_path}"], out_dir=str(tmp_path / "eval"))
+    (evaluated,) = json.loads((tmp_path / "eval" / "predictions.json").read_text())
+    capsys.readouterr()
+    assert main(["predict", str(run), "--video", str(tmp_path / "clip.mp4"), "--question", question]) == 0
+    assert capsys.readouterr().out == evaluated["answer"] + "\n"

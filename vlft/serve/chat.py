@@ -100,18 +100,17 @@ def _loop(conversation: Conversation) -> int:
     while True:
         try:
             line = input("you> ").strip()
-        except EOFError:  # Ctrl-D
-            conversation.say()
-            return 0
-        except KeyboardInterrupt:
-            conversation.say()
-            return 130
-        if not line:
-            continue
-        try:
+            if not line:
+                continue
             if line.startswith("/"):
                 conversation.command(line)
             else:
                 conversation.ask(line)
+        except EOFError:  # Ctrl-D
+            conversation.say()
+            return 0
+        except KeyboardInterrupt:  # Ctrl-C, at the prompt or while an answer is printed
+            conversation.say()
+            return 130
         except DataError as err:  # a bad path or question ends the turn, not the conversation
             conversation.say(f"error: {err}")

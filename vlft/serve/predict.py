@@ -29,6 +29,8 @@ def check_arguments(args, in_text: bool) -> None:
         raise DataError(f"{args.dir}: an image classifier takes --image, not --video", reason=None)
     if in_text and not args.input and not args.question:
         raise DataError("give the --question to ask about the image or video", reason=None)
+    if args.top_k < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
+        raise DataError("--top-k and --max-new-tokens must be at least 1", reason=None)
     if args.input and not Path(args.input).is_file():
         raise DataError(f"--input: records file not found: {args.input}", reason=None)
 
