@@ -21,8 +21,9 @@ HELP = "/image PATH or /video PATH: talk about another one; /reset: forget the c
 class Conversation:
     """The image or video being talked about and the (question, answer) turns so far."""
 
-    def __init__(self, predictor: Predictor, task: str, max_new_tokens: int | None, temperature: float, out=None):
-        self.predictor, self.task = predictor, task
+    def __init__(self, predictor: Predictor, task: str, max_new_tokens: int | None, temperature: float,
+                 top_k: int = 5, out=None):
+        self.predictor, self.task, self.top_k = predictor, task, top_k
         self.max_new_tokens, self.temperature = max_new_tokens, temperature
         self.out = out or sys.stdout
         self.image: str | None = None
@@ -60,7 +61,7 @@ class Conversation:
         if predictor.labels is not None:
             if not self.image:
                 raise DataError("no image yet: /image PATH", reason=None)
-            (prediction,) = predictor.predict([predictor.record(image=self.image)])
+            (prediction,) = predictor.predict([predictor.record(image=self.image)], top_k=self.top_k)
             self.say(f"model> {format_labels(prediction['labels'])}")
             return
         record = predictor.record(question, self.image, self.video, self.task, self.turns)
@@ -81,7 +82,7 @@ def run_chat(args) -> int:
     cfg = served_config(args.dir, directory_kind(args.dir))
     check_visual(cfg.data.video, image=args.image, video=args.video)  # a bad path: one line, before loading
     predictor = Predictor(load_served(args.dir, args.device))
-    conversation = Conversation(predictor, args.task, args.max_new_tokens, args.temperature)
+    conversation = Conversation(predictor, args.task, args.max_new_tokens, args.temperature, args.top_k)
     try:
         conversation.say(f"vlft chat: {predictor.served.describe()}")
         conversation.say(f"[{HELP}]")
