@@ -1,5 +1,5 @@
-"""`vlft train | validate-data | eval | merge | analyze | compare | sweep | score | config` -> thin calls into
-the library."""
+"""`vlft train | validate-data | eval | predict | chat | demo | merge | analyze | compare | sweep | score | config`
+-> thin calls into the library."""
 
 from __future__ import annotations
 
@@ -59,6 +59,24 @@ def _eval(args) -> int:
     metrics = evaluate_run(args.run, args.overrides, out_dir=args.out)
     print(json.dumps(metrics, indent=2))
     return 0
+
+
+def _predict(args) -> int:
+    from vlft.serve.predict import run_predict
+
+    return run_predict(args)
+
+
+def _chat(args) -> int:
+    from vlft.serve.chat import run_chat
+
+    return run_chat(args)
+
+
+def _demo(args) -> int:
+    from vlft.serve.demo import run_demo
+
+    return run_demo(args)
 
 
 def _merge(args) -> int:
@@ -172,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     ev.set_defaults(func=_eval)
 
+    _add_serving_parsers(sub)
+
     merge = sub.add_parser("merge", help="fold a run's adapters into the base model; write a standalone checkpoint")
     merge.add_argument("run", help="run directory written by `vlft train`")
     merge.add_argument("out", help="new directory for the merged model (the family's native format)")
@@ -223,6 +243,42 @@ def build_parser() -> argparse.ArgumentParser:
     explain_parser.add_argument("config", nargs="?", help="also show the value this config gives each key")
     explain_parser.set_defaults(func=_explain)
     return parser
+
+
+def _serving_parser(sub, name: str, help_text: str, func) -> argparse.ArgumentParser:
+    """The arguments `vlft predict`, `chat` and `demo` share: which model, where it runs, how it generates."""
+    parser = sub.add_parser(name, help=help_text)
+    parser.add_argument("dir", help="a run directory written by `vlft train` (adapter on its base model) or a "
+                                    "model written by `vlft merge`")
+    parser.add_argument("--image", help="an image file")
+    parser.add_argument("--video", help="a video file (LLaVA, VL-BART), framed as the run's data.video says")
+    parser.add_argument("--task", default="vqa", help="the record task (vl_bart's prefix: vqa, gqa, caption, ...; "
+                                                      "default vqa)")
+    parser.add_argument("--max-new-tokens", type=int, help="longest answer in tokens (default: the run's "
+                                                           "eval.max_new_tokens)")
+    parser.add_argument("--top-k", type=int, default=5, help="an image classifier's labels shown (default 5)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when there is one)")
+    parser.set_defaults(func=func)
+    return parser
+
+
+def _add_serving_parsers(sub) -> None:
+    predict = _serving_parser(sub, "predict", "answer questions about your images and videos (the evaluation's "
+                                              "prompt, image processing and greedy generation)", _predict)
+    predict.add_argument("--question", help="the question to ask about the image or video")
+    predict.add_argument("--input", help="a JSON/JSONL file of records in the eval format (answers optional): "
+                                         "one prediction per record")
+    predict.add_argument("--image-folder", help="the folder the --input records' image and video paths are relative "
+                                                "to (default: the run's data.image_folder, as in evaluation)")
+    predict.add_argument("--json", action="store_true", help="one JSON object per line")
+    chat = _serving_parser(sub, "chat", "talk about an image or video in the terminal; answers are streamed", _chat)
+    chat.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    demo = _serving_parser(sub, "demo", 'a local web page to ask about an image or video (pip install -e ".[demo]")',
+                           _demo)
+    demo.add_argument("--question", help="open the page with this question about --image/--video, answered")
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                                                           "only)")
+    demo.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
 
 
 def main(argv: list[str] | None = None) -> int:

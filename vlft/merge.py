@@ -14,6 +14,11 @@ from pathlib import Path
 from vlft.config import load_config
 from vlft.models import get_family
 
+MERGE_INFO = "vlft_merge.json"  # what was merged, from which run
+# The run's config beside the merged weights: `vlft predict | chat | demo` read its prompt, image and video
+# settings from here, so that a merged model answers as the run's evaluation did, wherever the run went.
+RUN_CONFIG = "vlft_config.yaml"
+
 
 def merge_run(run_dir: str | Path, out_dir: str | Path) -> dict:
     """Write the merged model of ``run_dir`` into ``out_dir``; return what was done."""
@@ -35,7 +40,8 @@ def merge_run(run_dir: str | Path, out_dir: str | Path) -> dict:
     info = {"run": str(run_dir.resolve()), "family": cfg.model.family, "base": bundle.base_path,
             "merged_adapters": adapters, "methods": {t: getattr(cfg.adapters, t) for t in
                                                      ("language", "vision", "projector")}}
-    (staging / "vlft_merge.json").write_text(json.dumps(info, indent=1))
+    (staging / MERGE_INFO).write_text(json.dumps(info, indent=1))
+    shutil.copyfile(config_path, staging / RUN_CONFIG)
     if out_dir.exists():
         out_dir.rmdir()
     staging.rename(out_dir)  # whole or not at all

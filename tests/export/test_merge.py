@@ -126,7 +126,8 @@ def test_merged_model_loads_without_vlft_or_peft_and_gives_the_unmerged_logits(f
     assert summary["merged_adapters"] == (vision == "dora")
     image = shapes_with_labels["images"] / "0.png"
     out = tmp_path / "child.safetensors"
-    child = subprocess.run([sys.executable, "-c", CHILD_PRELUDE + CHILD["llava" if family.startswith("llava") else family] + CHILD_EPILOGUE,
+    script = CHILD_PRELUDE + CHILD["llava" if family.startswith("llava") else family] + CHILD_EPILOGUE
+    child = subprocess.run([sys.executable, "-c", script,
                             str(tmp_path / "merged"), str(image), str(out)], cwd=tmp_path, capture_output=True,
                            text=True, timeout=300)
     assert child.returncode == 0, child.stderr[-3000:]

@@ -2,8 +2,10 @@
 
 A family module gives: TOWERS (tower -> module-name prefixes); load(model_cfg, path, ...);
 build_tiny(...); and the hooks of a training run: build_tiny_for_run(cfg, out_dir),
-load_for_run(cfg, path, with_model), train_dataset(cfg, bundle, on_error), collator(bundle) and
-evaluate(model, bundle, cfg, device, synced_gpus, predictions_path) -> metrics.
+load_for_run(cfg, path, with_model), train_dataset(cfg, bundle, on_error), eval_dataset(cfg, bundle, on_error),
+collator(bundle) and evaluate(model, bundle, cfg, device, synced_gpus, predictions_path) -> metrics. A family that
+answers in text also gives generation_options(model, bundle): the collate_fn / model_inputs with which
+vlft.eval.generate.generate_answers feeds its batches to `generate` (evaluation and vlft.serve share them).
 """
 
 from __future__ import annotations

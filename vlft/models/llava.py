@@ -225,13 +225,18 @@ def collator(bundle: ModelBundle):
     return VisionTextCollator(bundle.tokenizer.pad_token_id)
 
 
+def generation_options(model, bundle: ModelBundle) -> dict:
+    """How generate_answers feeds this family's eval batches to ``model.generate`` (also used by `vlft predict`,
+    `chat` and `demo`, so that their answers are the evaluation's): through `generation_inputs`."""
+    return {"model_inputs": partial(generation_inputs, model, bundle.extra["visual"])}
+
+
 def evaluate(model, bundle: ModelBundle, cfg: RunConfig, device="cpu", synced_gpus: bool = False,
              predictions_path=None) -> dict:
     from vlft.eval.evaluator import evaluate_vqa
 
     return evaluate_vqa(model, eval_dataset(cfg, bundle), cfg, device=device, synced_gpus=synced_gpus,
-                        predictions_path=predictions_path,
-                        model_inputs=partial(generation_inputs, model, bundle.extra["visual"]))
+                        predictions_path=predictions_path, **generation_options(model, bundle))
 
 
 def export_merged(model, bundle: ModelBundle, out_dir: str | Path) -> None:

@@ -189,10 +189,16 @@ def collator(bundle: ModelBundle):
     return Seq2SeqCollator(bundle.tokenizer.pad_token_id)
 
 
-def evaluate(model, bundle: ModelBundle, cfg, device="cpu", synced_gpus: bool = False, predictions_path=None) -> dict:
+def generation_options(model, bundle: ModelBundle) -> dict:
+    """How generate_answers feeds this family's eval batches to ``model.generate`` (also used by `vlft predict`,
+    `chat` and `demo`): the seq2seq collator's generation batches."""
     from vlft.data.seq2seq import Seq2SeqCollator
+
+    return {"collate_fn": Seq2SeqCollator(bundle.tokenizer.pad_token_id, for_generation=True)}
+
+
+def evaluate(model, bundle: ModelBundle, cfg, device="cpu", synced_gpus: bool = False, predictions_path=None) -> dict:
     from vlft.eval.evaluator import evaluate_vqa
 
     return evaluate_vqa(model, eval_dataset(cfg, bundle), cfg, device=device, synced_gpus=synced_gpus,
-                        predictions_path=predictions_path,
-                        collate_fn=Seq2SeqCollator(bundle.tokenizer.pad_token_id, for_generation=True))
+                        predictions_path=predictions_path, **generation_options(model, bundle))
