@@ -60,3 +60,20 @@ def test_tiny_base_model_is_renamed_into_place_whole_and_a_second_build_leaves_t
     build_tiny_base(cfg, base)  # as a second node sharing output_dir would: the first rename won
     assert (base / "model.safetensors").stat().st_mtime_ns == first
     assert [p.name for p in base.parent.iterdir()] == ["base_model"]
+
+
+def test_ddp_timeout_becomes_the_timeout_of_the_process_group():
+    """transformers hands ddp_timeout to the process group on GPUs only; a CPU rank waited 30 minutes."""
+    import torch
+    import torch.distributed as dist
+
+    from tests.conftest import free_port
+    from vlft.train.run import set_collective_timeout
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        set_collective_timeout(77)
+        backend = dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu"))
+        assert backend.options._timeout.total_seconds() == 77
+    finally:
+        dist.destroy_process_group()

@@ -13,9 +13,11 @@ import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import yaml
 from transformers import TrainingArguments, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
@@ -197,6 +199,14 @@ def limit_cpu_threads() -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
 
 
+def set_collective_timeout(seconds: int) -> None:
+    """training.ddp_timeout on the process group: transformers hands TrainingArguments.ddp_timeout to it on GPUs
+    only, and CPU ranks kept the 30-minute default."""
+    if dist.is_available() and dist.is_initialized():
+        c10d = dist.distributed_c10d
+        (getattr(c10d, "set_timeout", None) or c10d._set_pg_timeout)(timedelta(seconds=seconds))
+
+
 def train(cfg: RunConfig) -> TrainResult:
     """Run training (and evaluation) as configured; metrics also go to output_dir/metrics.json."""
     start = time.time()
@@ -206,6 +216,7 @@ def train(cfg: RunConfig) -> TrainResult:
     path = model_path(cfg)  # before torch.distributed starts, which TrainingArguments with DeepSpeed does
     args = build_training_arguments(cfg)
     _ = args.device  # sets up torch.distributed now: ZeRO-3's partitioned from_pretrained needs the world size
+    set_collective_timeout(cfg.training.ddp_timeout)
     if cfg.training.deepspeed:
         import deepspeed
 
