@@ -25,11 +25,15 @@ def test_nodes_with_different_newest_checkpoints_are_named_with_the_newest_step_
     assert "(node 0: checkpoint-2, node 1: none)" in message and "start afresh with another" in message
 
 
-def test_checkpoint_step_reads_the_trainer_state_else_the_name(tmp_path):
+def test_checkpoint_step_is_in_the_name_else_in_the_trainer_state(tmp_path):
     (tmp_path / "checkpoint-8").mkdir()
     assert checkpoint_step(str(tmp_path / "checkpoint-8")) == 8
-    (tmp_path / "checkpoint-8" / "trainer_state.json").write_text(json.dumps({"global_step": 7}))
-    assert checkpoint_step(str(tmp_path / "checkpoint-8")) == 7
+    (tmp_path / "kept").mkdir()
+    assert checkpoint_step(str(tmp_path / "kept")) is None
+    (tmp_path / "kept" / "trainer_state.json").write_text(json.dumps({"global_step": 7}))
+    assert checkpoint_step(str(tmp_path / "kept")) == 7
+    (tmp_path / "kept" / "trainer_state.json").write_text("{}")  # left to the Trainer's own checks
+    assert checkpoint_step(str(tmp_path / "kept")) is None
     assert checkpoint_step(None) is None
 
 

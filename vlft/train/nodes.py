@@ -82,14 +82,17 @@ def output_dir_is_shared(output_dir: str | Path) -> bool:
 
 
 def checkpoint_step(checkpoint: str | None) -> int | None:
-    """The step a checkpoint directory holds (its trainer_state.json, else its name)."""
+    """The step a checkpoint directory holds: N of checkpoint-N, else its trainer_state.json's (whose checks are
+    the Trainer's: None when it cannot be read)."""
     if checkpoint is None:
         return None
-    state = Path(checkpoint) / "trainer_state.json"
-    if state.is_file():
-        return json.loads(state.read_text())["global_step"]
     match = re.search(r"checkpoint-(\d+)$", str(checkpoint).rstrip("/"))
-    return int(match.group(1)) if match else None
+    if match:
+        return int(match.group(1))
+    try:
+        return json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("global_step")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def resume_disagreement(chosen: dict[int, int | None], held: dict[int, list[int]], output_dir: str) -> str | None:
