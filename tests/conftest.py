@@ -22,6 +22,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def strict_zero3(directory: Path) -> str:
+    """The shipped ZeRO-3 config with every parameter partitioned and released right after use (on tiny models the
+    shipped thresholds keep every parameter whole), so that every forward gathers parameters from all ranks and
+    DoRA's reads of W, A, B and the magnitude outside their own modules' forward are exercised."""
+    ds = json.loads((REPO / "configs" / "deepspeed" / "zero3.json").read_text())
+    ds["zero_optimization"].update(stage3_param_persistence_threshold=0, stage3_max_live_parameters=0,
+                                   stage3_max_reuse_distance=0, stage3_prefetch_bucket_size=0)
+    path = Path(directory) / "zero3-strict.json"
+    path.write_text(json.dumps(ds))
+    return str(path)
+
+
 COLORS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 180, 60)}
 SHAPES = ("circle", "rectangle")
 

@@ -13,11 +13,11 @@ from vlft.data.records import DataError
 from vlft.eval.score import ScoreError
 from vlft.models.base import ModelLoadError
 from vlft.train.checkpoints import UnsafeCheckpoint
-from vlft.train.errors import NonFiniteLoss, SweepRunFailed
+from vlft.train.errors import NodesDisagree, NonFiniteLoss, SweepRunFailed
 
 # Errors about the user's files and settings: one line, exit status 2, no traceback.
 USER_ERRORS = (DataError, ModelLoadError, ScoreError, FileNotFoundError, FileExistsError, UnsafeCheckpoint,
-               SweepRunFailed)
+               SweepRunFailed, NodesDisagree)
 
 
 def _train(args) -> int:

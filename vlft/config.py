@@ -193,8 +193,20 @@ class TrainingConfig:
     eval_steps: int = _help("Evaluate every N steps (0: only at the end).", 0)
     resume: str | None = _help("`auto` (newest checkpoint in output_dir), a checkpoint path, or null.", None)
     deepspeed: str | None = _help("DeepSpeed JSON config (configs/deepspeed/zero{2,3,3_offload}.json).", None)
+    ddp_timeout: int = _help(
+        "Seconds a rank waits in a collective (a barrier, a gather) before the run fails: raise it when one rank "
+        "may work alone for long while the others wait (the first preparation of a large dataset, a big "
+        "checkpoint save).", 1800)
+    save_on_each_node: bool | None = _help(
+        "Several nodes: whether every node writes checkpoints and outputs into its own output_dir (node-local "
+        "disks) or only the first node does (one shared directory). null: found out at start by looking for a "
+        "file the first node writes there.", None)
     report_to: list[str] = _help("Trainer loggers (tensorboard, wandb, none); TensorBoard logs go to "
                                  "output_dir/runs.", default_factory=lambda: ["tensorboard"])
+
+    def __post_init__(self):
+        if self.ddp_timeout <= 0:
+            raise ConfigError(f"training.ddp_timeout must be a positive number of seconds, got {self.ddp_timeout}")
 
 
 @dataclass

@@ -76,28 +76,33 @@ def test_classification_run_reports_top1_and_writes_predictions(shape_files, tmp
 
 
 @pytest.mark.integration
-def test_vit_trains_under_deepspeed_zero2_with_two_ranks(shape_files, tmp_path):
+def test_vit_trains_and_evaluates_under_zero3_with_two_ranks(shape_files, tmp_path):
     """The Trainer's DeepSpeed integration sizes ZeRO's "auto" buckets from the model's config; the loss it
-    reports is the model's own (not multiplied by the number of ranks)."""
+    reports is the model's own (not multiplied by the number of ranks). With every parameter partitioned, an eval
+    set that does not split evenly (5 images, one per batch: 3 on one rank, 2 on the other) is classified whole,
+    each image once (ranks that ran different numbers of forwards waited on each other for ever)."""
     import shutil
     import subprocess
 
-    from tests.conftest import REPO, free_port
+    from tests.conftest import REPO, free_port, strict_zero3
 
     cfg = {"model": {"family": "vit", "name_or_path": "tiny", "tiny": vars(TINY)},
            "adapters": {"language": "frozen", "vision": "dora", "projector": "frozen", "r": 4, "alpha": 8},
-           "data": {"train": str(shape_files / "train.jsonl"), "image_folder": str(shape_files / "images")},
+           "data": {"train": str(shape_files / "train.jsonl"), "eval": str(shape_files / "train.jsonl"),
+                    "image_folder": str(shape_files / "images")},
            "training": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "per_device_batch_size": 4,
-                        "save_steps": 100, "lr": 1e-6,
-                        "deepspeed": str(REPO / "configs" / "deepspeed" / "zero2.json")}}
+                        "save_steps": 100, "lr": 1e-6, "deepspeed": strict_zero3(tmp_path)},
+           "eval": {"batch_size": 1, "max_samples": 5}}
     config = tmp_path / "vit.yaml"
     config.write_text(yaml.safe_dump(cfg))
     cmd = [shutil.which("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "scripts/train.py",
            str(config)]
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    rows = json.loads((tmp_path / "run" / "predictions.json").read_text())
+    assert [r["id"] for r in rows] == [f"img{i}" for i in range(5)]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["world_size"] == 2 and metrics["global_step"] == 2
+    assert metrics["world_size"] == 2 and metrics["global_step"] == 2 and metrics["eval"]["eval_num_images"] == 5
     # At lr 1e-6 the two steps leave the base model as it was: its mean loss over the 24 images is the
     # reference for the 16 images the two ranks saw (2 ranks reported twice the loss before the fix).
     bundle = vit.load(ModelConfig(family="vit"), str(tmp_path / "run" / "base_model"))

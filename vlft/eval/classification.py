@@ -7,42 +7,22 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
 
 from vlft.data.classification import ImageLabelCollator, LabelledImageDataset
-
-
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from vlft.eval.shard import evaluating, map_sharded
 
 
 @torch.no_grad()
 def predict_labels(model, dataset: LabelledImageDataset, batch_size: int, device) -> dict[int, int]:
-    """Predicted label index per dataset index, gathered on every rank."""
-    rank, world = _world()
-    shard = Subset(dataset, list(range(rank, len(dataset), world)))
-    was_training = model.training
-    model.eval()
-    predicted: dict[int, int] = {}
+    """Predicted label index per dataset index, gathered on every rank (vlft.eval.shard: every rank runs the
+    same number of forwards, as ZeRO-3 needs)."""
     dtype = next(model.parameters()).dtype
-    batches = DataLoader(shard, batch_size=batch_size, collate_fn=ImageLabelCollator())
-    for batch in tqdm(batches, desc="classify", disable=rank != 0):
-        if dataset.skips is not None:
-            dataset.skips.extend(batch.get("skipped", []))
-        logits = model(pixel_values=batch["pixel_values"].to(device, dtype))["logits"]
-        predicted.update(zip(batch["index"], logits.argmax(-1).tolist(), strict=True))
-    model.train(was_training)
-    if world > 1:
-        parts: list[dict] = [None] * world
-        dist.all_gather_object(parts, predicted)
-        predicted = {k: v for part in parts for k, v in part.items()}
-        if dataset.skips is not None:
-            dataset.skips = dataset.skips.gathered()
-    return predicted
+
+    def classify(batch: dict) -> list[int]:
+        return model(pixel_values=batch["pixel_values"].to(device, dtype))["logits"].argmax(-1).tolist()
+
+    with evaluating(model):
+        return map_sharded(dataset, batch_size, ImageLabelCollator(), classify, desc="classify")
 
 
 def evaluate_classification(model, dataset: LabelledImageDataset, labels: list[str], batch_size: int, device="cpu",

@@ -72,13 +72,10 @@ def evaluate_run(run: str, overrides: list[str] | tuple = (), out_dir: str | Non
         cfg = load_config(run_path / "config.yaml", overrides)
         bundle = load_trained(run_path, cfg)
     else:  # a config: evaluate its model as loaded, without training
-        from transformers import TrainingArguments
-
         from vlft.train.run import load_model, model_path
 
         cfg = load_config(run_path, overrides)
-        args = TrainingArguments(output_dir=cfg.training.output_dir, report_to=[])
-        bundle = load_model(cfg, model_path(cfg, args))
+        bundle = load_model(cfg, model_path(cfg))
         run_path = Path(cfg.training.output_dir)
     out = Path(out_dir) if out_dir else run_path
     out.mkdir(parents=True, exist_ok=True)

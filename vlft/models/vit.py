@@ -186,5 +186,7 @@ def evaluate(model, bundle: ModelBundle, cfg: RunConfig, device="cpu", synced_gp
              predictions_path=None) -> dict:
     from vlft.eval.classification import evaluate_classification
 
+    # synced_gpus is for generation loops; one forward per batch stays in step under ZeRO-3 because every rank
+    # runs the same number of batches (vlft.eval.shard)
     return evaluate_classification(model, eval_dataset(cfg, bundle), bundle.extra["labels"], cfg.eval.batch_size,
                                    device=device, predictions_path=predictions_path)

@@ -9,13 +9,21 @@ from pathlib import Path
 STAGING = ".checkpoint-in-progress"
 
 
-def latest_complete_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest checkpoint-N with its trainer_state.json (the Trainer writes it last). Checkpoints are
-    renamed into place only once whole, so this is belt and braces for directories from elsewhere."""
+def complete_checkpoint_steps(output_dir: str | Path) -> list[int]:
+    """Steps of the checkpoint-N directories with their trainer_state.json (the Trainer writes it last), in
+    order. Checkpoints are renamed into place only once whole, so the check is belt and braces for directories
+    from elsewhere."""
     out = Path(output_dir)
-    steps = [int(m.group(1)) for p in out.glob("checkpoint-*") if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
-             and (p / "trainer_state.json").is_file()] if out.is_dir() else []
-    return str(out / f"checkpoint-{max(steps)}") if steps else None
+    if not out.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in out.glob("checkpoint-*")
+                  if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and (p / "trainer_state.json").is_file())
+
+
+def latest_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest complete checkpoint-N of output_dir."""
+    steps = complete_checkpoint_steps(output_dir)
+    return str(Path(output_dir) / f"checkpoint-{steps[-1]}") if steps else None
 
 
 def discard_partial_checkpoint(output_dir: str | Path) -> str | None:

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import yaml
 from transformers import TrainingArguments, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
@@ -22,6 +26,7 @@ from vlft.adapters import apply_adapters, trainable_summary
 from vlft.config import RunConfig, config_to_dict
 from vlft.models import ModelBundle, get_family
 from vlft.train.checkpoints import check_checkpoint_is_safe, discard_partial_checkpoint, latest_complete_checkpoint
+from vlft.train.nodes import check_same_resume_step, gather_from_nodes, is_node_main, node_log, output_dir_is_shared
 from vlft.train.preflight import TINY, check_paths
 from vlft.train.report import peak_memory_mb, write_training_report
 from vlft.train.trainer import VlftTrainer
@@ -36,8 +41,19 @@ def log(message: str) -> None:
         print(message, flush=True)
 
 
-def build_training_arguments(cfg: RunConfig) -> TrainingArguments:
-    """Built before the model is loaded: with ZeRO-3 this makes from_pretrained load partitioned."""
+def deepspeed_config(path: str | None, on_each_node: bool) -> str | dict | None:
+    """The DeepSpeed config; with a disk per node DeepSpeed also writes its model states on every node
+    (`checkpoint.use_node_local_storage`), not only on the first."""
+    if not path or not on_each_node:
+        return path
+    config = json.loads(Path(path).read_text())
+    config.setdefault("checkpoint", {})["use_node_local_storage"] = True
+    return config
+
+
+def build_training_arguments(cfg: RunConfig, on_each_node: bool = False) -> TrainingArguments:
+    """Built before the model is loaded: with ZeRO-3 this makes from_pretrained load partitioned.
+    ``on_each_node``: every node writes checkpoints and outputs into its own output_dir."""
     t = cfg.training
     return TrainingArguments(
         output_dir=t.output_dir, seed=t.seed, data_seed=t.seed, num_train_epochs=t.epochs, max_steps=t.max_steps,
@@ -46,7 +62,8 @@ def build_training_arguments(cfg: RunConfig) -> TrainingArguments:
         max_grad_norm=t.max_grad_norm, bf16=t.bf16, logging_steps=t.logging_steps, logging_first_step=True,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
         eval_strategy="steps" if t.eval_steps > 0 and cfg.data.eval else "no",
-        eval_steps=t.eval_steps if t.eval_steps > 0 else None, deepspeed=t.deepspeed, report_to=t.report_to,
+        eval_steps=t.eval_steps if t.eval_steps > 0 else None, deepspeed=deepspeed_config(t.deepspeed, on_each_node),
+        report_to=t.report_to, save_on_each_node=on_each_node, ddp_timeout=t.ddp_timeout,
         gradient_checkpointing=cfg.model.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.model.gradient_checkpointing else None,
         dataloader_num_workers=cfg.data.num_workers, remove_unused_columns=False, label_names=["labels"],
@@ -73,20 +90,37 @@ def zero3_init_paused():
             hf_deepspeed.set_hf_deepspeed_config(config)
 
 
-BUILT_MARKER = ".vlft-tiny-complete"  # written last: a build cut short is redone
+BUILT_MARKER = ".vlft-tiny-complete"  # in every whole build (older builds were cut short without it)
 
 
-def model_path(cfg: RunConfig, args: TrainingArguments | None = None) -> str:
-    """The checkpoint named in the config; `tiny` is first built and saved into the run directory."""
+def build_tiny_base(cfg: RunConfig, base: Path) -> None:
+    """Build under a temporary name, then rename into place: whole or not at all. Nodes that share output_dir
+    each build it too (seeded, so the same model); the first rename wins."""
+    staging = base.with_name(f"{base.name}.partial-{socket.gethostname()}-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    with zero3_init_paused():
+        get_family(cfg.model.family).build_tiny_for_run(cfg, staging)
+    (staging / BUILT_MARKER).write_text("")
+    if base.is_dir() and not (base / BUILT_MARKER).is_file():
+        shutil.rmtree(base)  # a build an older vlft left cut short in place
+    try:
+        os.rename(staging, base)
+    except OSError:  # built meanwhile by another node
+        if not (base / BUILT_MARKER).is_file():
+            raise
+        shutil.rmtree(staging)
+
+
+def model_path(cfg: RunConfig) -> str:
+    """The checkpoint named in the config; `tiny` is first built and saved into the run directory by the first
+    rank of every node (a node-local output_dir holds its own copy). Called before torch.distributed starts:
+    transformers' save_pretrained then writes on global rank 0 only. The node's other ranks must not read it
+    before a barrier."""
     if cfg.model.name_or_path != TINY:
         return cfg.model.name_or_path
     base = tiny_base_dir(cfg)
-    first = args.main_process_first(desc="build tiny base model", local=False) if args else nullcontext()
-    with first:
-        if not (base / BUILT_MARKER).is_file():
-            with zero3_init_paused():
-                get_family(cfg.model.family).build_tiny_for_run(cfg, base)
-            (base / BUILT_MARKER).write_text("")
+    if is_node_main() and not (base / BUILT_MARKER).is_file():
+        build_tiny_base(cfg, base)
     return str(base)
 
 
@@ -117,19 +151,33 @@ def adapts_conv2d(cfg: RunConfig) -> bool:
 
 
 def resolve_resume(cfg: RunConfig) -> str | None:
+    """The checkpoint to resume from: the same step on every node, or the run stops naming each node's."""
     resume = cfg.training.resume
     if resume in (None, "", "none"):
-        return None
-    if resume == "auto":
-        return latest_complete_checkpoint(cfg.training.output_dir)
+        resume = None
+    elif resume == "auto":
+        resume = latest_complete_checkpoint(cfg.training.output_dir)
+    check_same_resume_step(resume, cfg.training.output_dir)
     return resume
+
+
+def outputs_on_each_node(cfg: RunConfig) -> bool:
+    """Whether every node writes checkpoints and outputs into its own output_dir (training.save_on_each_node;
+    null: when output_dir is not one directory that all nodes see). Collective."""
+    each = cfg.training.save_on_each_node
+    if each is None:
+        each = not output_dir_is_shared(cfg.training.output_dir)
+        if each:
+            log(f"training.output_dir {cfg.training.output_dir} is on each node's own disk: every node writes "
+                "its checkpoints and outputs there")
+    return each
 
 
 def save_outputs(trainer: VlftTrainer, bundle: ModelBundle, cfg: RunConfig, metrics: dict) -> None:
     """Adapter (peft format, projector included), processor, resolved config and metrics."""
     out = Path(cfg.training.output_dir)
     trainer.save_model(str(out))
-    if trainer.is_world_process_zero():
+    if trainer.args.should_save:  # the first process, or with a disk per node every node's first
         if bundle.tokenizer is not None:
             bundle.tokenizer.save_pretrained(out)
         bundle.image_processor.save_pretrained(out)
@@ -151,19 +199,37 @@ def limit_cpu_threads() -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
 
 
+def set_collective_timeout(seconds: int) -> None:
+    """training.ddp_timeout on the process group: transformers hands TrainingArguments.ddp_timeout to it on GPUs
+    only, and CPU ranks kept the 30-minute default."""
+    if dist.is_available() and dist.is_initialized():
+        c10d = dist.distributed_c10d
+        (getattr(c10d, "set_timeout", None) or c10d._set_pg_timeout)(timedelta(seconds=seconds))
+
+
 def train(cfg: RunConfig) -> TrainResult:
     """Run training (and evaluation) as configured; metrics also go to output_dir/metrics.json."""
     start = time.time()
     check_paths(cfg)
     limit_cpu_threads()
     set_seed(cfg.training.seed)
+    path = model_path(cfg)  # before torch.distributed starts, which TrainingArguments with DeepSpeed does
     args = build_training_arguments(cfg)
     _ = args.device  # sets up torch.distributed now: ZeRO-3's partitioned from_pretrained needs the world size
+    set_collective_timeout(cfg.training.ddp_timeout)
     if cfg.training.deepspeed:
         import deepspeed
 
         deepspeed.init_distributed()  # ...and asks deepspeed.comm for it, which must know the process group
-    path = model_path(cfg, args)
+    nodes = len(gather_from_nodes(None))  # also the barrier after which the tiny base model is whole on every node
+    if outputs_on_each_node(cfg):
+        args = build_training_arguments(cfg, on_each_node=True)
+    if args.should_save and (partial := discard_partial_checkpoint(cfg.training.output_dir)):
+        node_log(f"removed a checkpoint left half-written by a killed run: {partial}", nodes)
+    resume = resolve_resume(cfg)  # before the model is built: nodes that disagree stop at once
+    if resume:
+        check_checkpoint_is_safe(resume)
+        node_log(f"resuming from {resume}", nodes)
     train_set = training_data(cfg, path)
     bundle = load_model(cfg, path)
     model = apply_adapters(bundle.model, bundle.towers, cfg.adapters)
@@ -171,12 +237,6 @@ def train(cfg: RunConfig) -> TrainResult:
     log(f"trainable parameters ({cfg.model.name_or_path}):\n{table}")
     trainer = VlftTrainer(model=model, args=args, train_dataset=train_set, bundle=bundle, run_config=cfg,
                           skips=train_set.skips, data_collator=get_family(cfg.model.family).collator(bundle))
-    if is_main_process() and (partial := discard_partial_checkpoint(cfg.training.output_dir)):
-        log(f"removed a checkpoint left half-written by a killed run: {partial}")
-    resume = resolve_resume(cfg)
-    if resume:
-        check_checkpoint_is_safe(resume)
-        log(f"resuming from {resume}")
     result = trainer.train(resume_from_checkpoint=resume)
     metrics = {**params, "world_size": args.world_size, "train_loss": result.training_loss,
                "global_step": result.global_step, "train_runtime_s": round(result.metrics["train_runtime"], 2),
@@ -190,7 +250,7 @@ def train(cfg: RunConfig) -> TrainResult:
     metrics["wall_time_s"] = round(time.time() - start, 2)
     metrics.update(peak_memory_mb())
     save_outputs(trainer, bundle, cfg, metrics)
-    if trainer.is_world_process_zero():
+    if trainer.args.should_save:
         write_training_report(trainer.state.log_history, cfg.training.output_dir)
     log(json.dumps(metrics, indent=2))
     return TrainResult(metrics=metrics, model=model, bundle=bundle)

@@ -23,10 +23,19 @@ from vlft.data.skips import SkipLog
 from vlft.models import ModelBundle, get_family
 from vlft.train.checkpoints import STAGING, latest_complete_checkpoint
 from vlft.train.errors import NonFiniteLoss
+from vlft.train.nodes import is_node_main
 
 
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _name_deepspeed_tag(checkpoint: Path) -> None:
+    """DeepSpeed names the tag to load in `latest` on the first rank only; with a disk per node, each node's copy
+    of the checkpoint needs it too."""
+    tags = sorted(p.name for p in checkpoint.glob("global_step*") if p.is_dir())
+    if tags and not (checkpoint / "latest").exists():
+        (checkpoint / "latest").write_text(tags[-1])
 
 
 class _ReportSkips(TrainerCallback):
@@ -46,6 +55,26 @@ class VlftTrainer(Trainer):
         self.run_config = run_config
         self.skips = skips  # None unless data.on_error is skip
         self.add_callback(_ReportSkips(self))
+        self._node_writers = self._node_writer_group()
+
+    def _node_writer_group(self):
+        """The first rank of every node, as a process group, when each node writes its own copy of weights that
+        ZeRO-3 consolidates on the first rank only; else None."""
+        if not (self.args.save_on_each_node and is_deepspeed_zero3_enabled() and _distributed()):
+            return None
+        ranks: list = [None] * dist.get_world_size()
+        dist.all_gather_object(ranks, (dist.get_rank(), is_node_main()))
+        writers = [rank for rank, first in ranks if first]
+        return dist.new_group(writers) if len(writers) > 1 else None
+
+    def _save(self, output_dir=None, state_dict=None) -> None:
+        """Weights of every save: with a disk per node under ZeRO-3, the state dict DeepSpeed gathered on the first
+        rank goes to every node's first rank (elsewhere it would write the empty partitions it holds)."""
+        if self._node_writers is not None and is_node_main():
+            box = [state_dict]
+            dist.broadcast_object_list(box, src=0, group=self._node_writers)
+            state_dict = box[0]
+        super()._save(output_dir, state_dict)
 
     def gathered_skips(self) -> SkipLog:
         """Skipped training records over all ranks (collective: every rank must call it)."""
@@ -102,6 +131,7 @@ class VlftTrainer(Trainer):
         name = f"checkpoint-{self.state.global_step}"
         self.accelerator.wait_for_everyone()  # every rank has written its shard
         if self.args.should_save:
+            _name_deepspeed_tag(staging / name)
             final = run_dir / name
             if final.exists():  # the same step saved again after a resume
                 shutil.rmtree(final)
@@ -134,7 +164,7 @@ class VlftTrainer(Trainer):
         """The family's evaluation of data.eval (LLaVA: generation scored with VQA accuracy; ViT: top-1)."""
         if not self.run_config.data.eval:
             return {}
-        predictions = Path(self.args.output_dir) / "predictions.json" if self.is_world_process_zero() else None
+        predictions = Path(self.args.output_dir) / "predictions.json" if self.args.should_save else None
         family = get_family(self.run_config.model.family)
         metrics = family.evaluate(self.model, self.bundle, self.run_config, device=self.args.device,
                                  synced_gpus=is_deepspeed_zero3_enabled(), predictions_path=predictions)
