@@ -27,9 +27,24 @@ def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
+def _into(dtype: torch.dtype, op, *args, **kwargs) -> torch.Tensor:
+    """``op(*args)`` computed in the arguments' dtype and written in ``dtype``: one kernel on a GPU, where a
+    cast after it would be a second."""
+    if args[0].dtype == dtype:
+        return op(*args, **kwargs)
+    return op(*args, **kwargs, out=torch.empty(args[0].shape, dtype=dtype, device=args[0].device))
+
+
 def _flat(t: torch.Tensor) -> torch.Tensor:
     """(..., c) -> (N, c); no op for a 2-D tensor."""
     return t if t.dim() == 2 else t.reshape(-1, t.shape[-1])
+
+
+def _matrix(t: torch.Tensor) -> torch.Tensor:
+    """A weight as (out, everything else): a Conv2d kernel (out, in, kh, kw) -> (out, in·kh·kw)."""
+    if t.dim() == 2:
+        return t
+    return t.view(t.shape[0], -1) if t.is_contiguous() else t.reshape(t.shape[0], -1)
 
 
 def _row_norms(weight: torch.Tensor) -> torch.Tensor:
@@ -51,9 +66,8 @@ def inv_weight_norm(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Te
     and the terms are added and inverted in fp32. The small (out, r) and (r, r) products, sums over r
     terms, are in the adapters' dtype, as the LoRA product itself is.
     """
-    W = weight if weight.dim() == 2 else weight.reshape(weight.shape[0], -1)
-    B = lora_B if lora_B.dim() == 2 else lora_B.reshape(lora_B.shape[0], -1)
-    A = as_dtype(lora_A if lora_A.dim() == 2 else lora_A.reshape(lora_A.shape[0], -1), B.dtype)
+    W, B = _matrix(weight), _matrix(lora_B)
+    A = as_dtype(_matrix(lora_A), B.dtype)
     with torch.autocast(W.device.type, enabled=False):  # autocast would copy W to its dtype
         # (out, r): 2s·W·Aᵀ + s²·B·A·Aᵀ, the first product fresh, so the second adds into it in place
         cross = as_dtype(torch.mm(W, as_dtype(A, W.dtype).t()), B.dtype)
@@ -74,9 +88,9 @@ def _token_sum(a: torch.Tensor, b: torch.Tensor, channel_dim: int) -> torch.Tens
 class DoraLinearFn(torch.autograd.Function):
     """The whole DoRA Linear (plain bias-free LoRA matrices) given the base output ``result``.
 
-    Forward: ``out = result + δ ⊙ y`` (one elementwise pass), then one GEMM adds ``h·(s·g⊙B)ᵀ`` in place,
-    ``h = x'·Aᵀ`` (a bias adds a pass for ``−δ⊙b``). Saved: x' and h (as LoRA saves them) and y, the one
-    extra activation. Backward: the magnitude gradient is ``inv_norm · (Σ G⊙y − b⊙ΣG + s·rowsum(B ⊙ Gᵀh))``
+    Forward: ``out = result + δ ⊙ (y − b)`` (one elementwise pass; a bias adds one for ``y − b``), then one
+    GEMM adds ``h·(s·g⊙B)ᵀ`` in place, ``h = x'·Aᵀ``. Saved: x' and h (as LoRA saves them) and y − b, the one
+    extra activation. Backward: the magnitude gradient is ``inv_norm · (Σ G⊙(y − b) + s·rowsum(B ⊙ Gᵀh))``
     with Gᵀh grad_B's own product: no pre-scaling output is formed, and a zero magnitude needs nothing
     special.
 
@@ -88,26 +102,26 @@ class DoraLinearFn(torch.autograd.Function):
     def forward(ctx, x, result, y_drop, lora_A, lora_B, magnitude, inv_norm, bias, scaling: float, lora_dtype):
         out_dtype = torch.promote_types(lora_dtype, result.dtype)
         g = inv_norm * magnitude  # fp32
-        delta = as_dtype(g - 1, out_dtype)
-        scaled_g = as_dtype(scaling * g, lora_B.dtype)
+        delta = _into(out_dtype, torch.sub, g, 1)
+        scaled_g = _into(lora_B.dtype, torch.mul, g, scaling)
         x2 = _flat(as_dtype(x, lora_dtype))
         A = as_dtype(lora_A, lora_dtype)
         y = result if y_drop is None else y_drop
+        if bias is not None:  # y − b, saved instead of y: the bias then needs nothing more, here or in backward
+            y = y - as_dtype(bias, y.dtype)
         with torch.autocast(x.device.type, enabled=False):  # every dtype here is chosen on purpose
             h = as_dtype(torch.mm(x2, A.t()), out_dtype)  # (N, r)
             B_scaled = as_dtype(lora_B * scaled_g.unsqueeze(1), out_dtype)  # (out, r)
             out = torch.addcmul(result, y, delta)
             _flat(out).addmm_(h, B_scaled.t())
-            if bias is not None:
-                out.sub_(bias * delta)
-        ctx.save_for_backward(x2, A, h, y, B_scaled, scaled_g, delta, lora_B, inv_norm, bias)
+        ctx.save_for_backward(x2, A, h, y, B_scaled, scaled_g, delta, lora_B, inv_norm)
         ctx.scaling, ctx.dropout, ctx.x_shape = scaling, y_drop is not None, x.shape
         ctx.dtypes = lora_A.dtype, magnitude.dtype
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x2, A, h, y, B_scaled, scaled_g, delta, lora_B, inv_norm, bias = ctx.saved_tensors
+        x2, A, h, y, B_scaled, scaled_g, delta, lora_B, inv_norm = ctx.saved_tensors
         needs = ctx.needs_input_grad
         grad_x = grad_result = grad_y = grad_A = grad_B = grad_m = None
         if needs[1]:
@@ -126,9 +140,7 @@ class DoraLinearFn(torch.autograd.Function):
             if needs[5]:
                 summed = _token_sum(G, _flat(y), 1)
                 summed.add_(as_dtype((lora_B * gT_h).sum(dim=1), torch.float32), alpha=ctx.scaling)
-                if bias is not None:
-                    summed.sub_(bias * G.sum(dim=0, dtype=torch.float32))
-                grad_m = as_dtype(summed.mul_(inv_norm), ctx.dtypes[1])
+                grad_m = _into(ctx.dtypes[1], torch.mul, summed, inv_norm)
         return grad_x, grad_result, grad_y, grad_A, grad_B, grad_m, None, None, None, None
 
 
@@ -145,29 +157,31 @@ class DoraScaleFn(torch.autograd.Function):
         shape = [1] * result.dim()
         shape[channel_dim] = -1
         dtype = torch.promote_types(result.dtype, lora.dtype)
-        delta = as_dtype(inv_norm * magnitude - 1, dtype).view(shape)
+        g = inv_norm.view(shape) * magnitude  # peft's Conv2d magnitude is (1, out, 1, 1): no reshape needed
+        delta = _into(dtype, torch.sub, g, 1)
+        scaled_g = _into(dtype, torch.mul, g, scaling)
         z_plus_b = torch.add(result if y_drop is None else y_drop, lora, alpha=scaling)
         z = z_plus_b if bias is None else z_plus_b - as_dtype(bias, dtype).view(shape)
         if y_drop is not None:
             z_plus_b = torch.add(result, lora, alpha=scaling)  # result + s·lora
         out = torch.addcmul(z_plus_b, z, delta)
-        ctx.save_for_backward(z, delta, inv_norm)
-        ctx.scaling, ctx.channel_dim, ctx.dropout = scaling, channel_dim, y_drop is not None
-        ctx.magnitude_dtype = magnitude.dtype
+        ctx.save_for_backward(z, delta, scaled_g, inv_norm)
+        ctx.channel_dim, ctx.dropout = channel_dim, y_drop is not None
+        ctx.magnitude_dtype, ctx.magnitude_shape = magnitude.dtype, magnitude.shape
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        z, delta, inv_norm = ctx.saved_tensors
+        z, delta, scaled_g, inv_norm = ctx.saved_tensors
         needs = ctx.needs_input_grad
         grad_result = grad_y = grad_lora = grad_m = None
-        g_grad = torch.addcmul(grad_out, grad_out, delta) if needs[0] or needs[2] else None  # g ⊙ G
         if needs[0]:
-            grad_result = grad_out if ctx.dropout else g_grad
+            grad_result = grad_out if ctx.dropout else torch.addcmul(grad_out, grad_out, delta)  # g ⊙ G
         if needs[1]:  # dropout: d out / d y = g − 1
             grad_y = grad_out * delta
         if needs[2]:
-            grad_lora = g_grad * ctx.scaling
+            grad_lora = grad_out * scaled_g
         if needs[3]:
-            grad_m = as_dtype(_token_sum(grad_out, z, ctx.channel_dim) * inv_norm, ctx.magnitude_dtype)
+            summed = _token_sum(grad_out, z, ctx.channel_dim)
+            grad_m = _into(ctx.magnitude_dtype, torch.mul, summed, inv_norm).view(ctx.magnitude_shape)
         return grad_result, grad_y, grad_lora, grad_m, None, None, None, None

@@ -87,8 +87,7 @@ def dora_forward(module: LoraLayer, adapter: str, x: torch.Tensor, result: torch
     """peft's DoRA output for ``result = base_layer(x)`` (x in the adapters' dtype, as peft passes it)."""
     base = module.get_base_layer()
     dropout, scaling = module.lora_dropout[adapter], module.scaling[adapter]
-    magnitude = module.lora_magnitude_vector[adapter].weight
-    magnitude = magnitude if magnitude.dim() == 1 else magnitude.reshape(-1)  # Conv2d's is (1, out, 1, 1)
+    magnitude = module.lora_magnitude_vector[adapter].weight  # (out,); a Conv2d's is (1, out, 1, 1)
     inv_norm = layer_inv_norm(module, adapter)
     y_drop = None
     if module.training and not isinstance(dropout, nn.Identity):
