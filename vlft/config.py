@@ -48,6 +48,14 @@ class TinyModelConfig:
 
 
 @dataclass
+class QuantizationConfig:
+    """The base model's linear layers loaded quantized through bitsandbytes (QLoRA-style): frozen k-bit weights,
+    adapters on top."""
+
+    bits: Literal[4, 8] = _help("4: NF4 with double quantization, computing in model.dtype (QLoRA); 8: LLM.int8.", 4)
+
+
+@dataclass
 class ModelConfig:
     family: Literal["llava", "vl_bart", "vit"] = _help(
         "Model family: llava (decoder-only VQA), vl_bart (BART + CLIP encoder), vit (image classification).", "llava")
@@ -57,6 +65,9 @@ class ModelConfig:
     attn_implementation: str | None = _help("transformers attention backend (sdpa, eager, flash_attention_2).", None)
     vision_tower: str | None = _help("vl_bart: open_clip encoder and pretrained tag, e.g. RN101:openai.", None)
     tiny: TinyModelConfig = _help("Sizes used when name_or_path is `tiny`.", default_factory=TinyModelConfig)
+    quantization: QuantizationConfig | None = _help(
+        "llava: load the language model quantized, e.g. {bits: 4} (needs bitsandbytes); the vision tower, projector "
+        "and lm_head stay in model.dtype. null: no quantization.", None)
 
 
 @dataclass
@@ -190,6 +201,14 @@ class RunConfig:
                                      default_factory=AdaptersConfig)
     eval: EvalConfig = _help("Generation-based evaluation.", default_factory=EvalConfig)
     sweep: SweepConfig = _help("The grid `vlft sweep` runs (ignored by `vlft train`).", default_factory=SweepConfig)
+
+    def __post_init__(self):
+        if self.model.quantization is not None:
+            if self.model.family != "llava":
+                raise ConfigError(f"model.quantization: supported for the llava family, not {self.model.family}")
+            if self.adapters.language == "full":
+                raise ConfigError("model.quantization: a quantized language model cannot be trained in full; "
+                                  "set adapters.language to lora, dora or frozen")
 
 
 # Names people bring from the transformers Trainer and peft, mapped to ours.

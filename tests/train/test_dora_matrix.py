@@ -15,6 +15,7 @@ import pytest
 import torch
 import transformers
 
+from tests.adapters.test_dora_quantized import PROBLEM as QUANTIZATION_PROBLEM
 from tests.conftest import tiny_config_dict
 from vlft.config import config_from_dict
 from vlft.models.llava import build_tiny_for_run
@@ -53,14 +54,15 @@ def base_model(shapes_data, tmp_path_factory):
     return str(build_tiny_for_run(cfg, out / "base"))
 
 
-def train_losses(shapes_data, base_model, tmp_path, monkeypatch, impl, precision, dropout, checkpointing, vision):
+def train_losses(shapes_data, base_model, tmp_path, monkeypatch, impl, precision, dropout, checkpointing, vision,
+                 extra=()):
     """The logged loss of each of 2 steps of `train` with this configuration."""
     raw = tiny_config_dict(shapes_data, tmp_path / f"{impl}-{precision}", max_steps=2, logging_steps=1,
                            report_to=["none"], seed=3)
     raw["model"]["name_or_path"] = base_model
     raw["eval"]["at_end"] = False
     overrides = [*PRECISIONS[precision], f"adapters.dropout={dropout}", f"adapters.vision={vision}",
-                 f"adapters.dora_impl={impl}", f"model.gradient_checkpointing={str(checkpointing).lower()}"]
+                 f"adapters.dora_impl={impl}", f"model.gradient_checkpointing={str(checkpointing).lower()}", *extra]
     losses, log = [], transformers.Trainer.log
 
     def recording_log(self, logs, *args, **kwargs):
@@ -100,3 +102,41 @@ def test_two_steps_match_peft_pairwise(configuration, shapes_data, base_model, t
 @pytest.mark.parametrize("configuration", [c for c in GRID if c not in PAIRWISE], ids=lambda c: "-".join(map(str, c)))
 def test_two_steps_match_peft_full_grid(configuration, shapes_data, base_model, tmp_path, monkeypatch):
     check(configuration, shapes_data, base_model, tmp_path, monkeypatch)
+
+
+def int8_roundtrip_checkpoint(base_model: str, out) -> str:
+    """The base checkpoint with its language model's linear weights replaced by their LLM.int8 values: on a CPU
+    bitsandbytes' 8-bit matmul is that dequantized weight times the input, so fp32 training on this checkpoint
+    is the 8-bit run's reference."""
+    import shutil
+
+    import bitsandbytes.functional as bnb_functional
+    from transformers import LlavaForConditionalGeneration
+
+    shutil.copytree(base_model, out)
+    model = LlavaForConditionalGeneration.from_pretrained(base_model)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.startswith("model.language_model"):
+                rows, scales, _ = bnb_functional.int8_vectorwise_quant(module.weight.half())
+                module.weight.copy_(bnb_functional.int8_vectorwise_dequant(rows, scales))
+    model.save_pretrained(out)
+    return str(out)
+
+
+@pytest.mark.skipif(QUANTIZATION_PROBLEM is not None, reason=f"bitsandbytes cannot run here ({QUANTIZATION_PROBLEM})")
+@pytest.mark.parametrize("bits", [4, 8])
+def test_two_steps_on_a_quantized_base_match_the_reference(bits, shapes_data, base_model, tmp_path, monkeypatch):
+    """model.quantization (the language model in NF4 or LLM.int8) with dropout, checkpointing and the vision tower's
+    DoRA: the same dequantized weights on both sides, so fp32's tolerance. The reference is peft's DoRA for NF4;
+    for LLM.int8 peft's DoRA fails on a CPU from the second step (its weight helper re-wraps the int8 weight and
+    loses its scales), so it is vlft's fp32 run on the int8 round-tripped checkpoint."""
+    args = shapes_data, base_model, tmp_path, monkeypatch
+    configuration = "fp32", 0.05, True, "dora"
+    got = train_losses(*args, "vlft", *configuration, extra=[f"model.quantization.bits={bits}"])
+    if bits == 4:
+        want = train_losses(*args, "peft", *configuration, extra=["model.quantization.bits=4"])
+    else:
+        roundtrip = int8_roundtrip_checkpoint(base_model, tmp_path / "int8-roundtrip")
+        want = train_losses(shapes_data, roundtrip, tmp_path / "reference", monkeypatch, "vlft", *configuration)
+    assert got == pytest.approx(want, rel=TOLERANCE["fp32"]), (got, want)

@@ -46,29 +46,72 @@ def _gathered_if_partitioned(weight: torch.Tensor):
         yield
 
 
-def layer_inv_norm(module: LoraLayer, adapter: str) -> torch.Tensor:
-    """1 / ||W + s·B·A|| per output channel (fp32) of one DoRA layer; W dequantized if the base is quantized.
+def layer_inv_norm(module: LoraLayer, adapter: str, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """1 / ||W + s·B·A|| per output channel (fp32) of one DoRA layer; W dequantized if the base is quantized
+    (``weight``: the dequantized W, when the caller has made it already).
 
     Cached only under peft's ``DoraCaching`` in eval mode, in peft's per-layer cache (cleared by ``train()``).
     """
     holder = module.lora_magnitude_vector[adapter]
     if not peft_dora.ENABLE_DORA_CACHING or module.training:
         holder._cache_clear()  # as peft's cache decorator does outside caching
-        return _compute_inv_norm(module, adapter)
+        return _compute_inv_norm(module, adapter, weight)
     key = f"vlft-inv-norm-{adapter}"
     inv_norm = holder._cache_get(key, None)
     if inv_norm is None:
-        inv_norm = _compute_inv_norm(module, adapter)
+        inv_norm = _compute_inv_norm(module, adapter, weight)
         holder._cache_store(key, inv_norm)
     return inv_norm
 
 
-def _compute_inv_norm(module: LoraLayer, adapter: str) -> torch.Tensor:
+def _compute_inv_norm(module: LoraLayer, adapter: str, weight: torch.Tensor | None) -> torch.Tensor:
     base = module.get_base_layer()
     with _gathered_if_partitioned(base.weight), torch.no_grad():
-        weight = dequantize_module_weight(base)
+        weight = dequantized_weight(base) if weight is None else weight
         return inv_weight_norm(weight, module.lora_A[adapter].weight, module.lora_B[adapter].weight,
                                module.scaling[adapter])
+
+
+def dequantized_weight(base: nn.Module) -> torch.Tensor:
+    """W of a base layer, dequantized if quantized, read without changing the layer: peft's helper re-wraps a
+    bitsandbytes weight on the CPU at every call, which loses LLM.int8's scales after the first forward."""
+    weight = getattr(base, "weight", None)
+    kind = type(weight).__name__
+    if kind == "Params4bit":
+        import bitsandbytes.functional as bnb_functional
+
+        return bnb_functional.dequantize_4bit(weight.data, weight.quant_state)
+    if kind == "Int8Params":  # the int8 rows and their scales sit on the weight until the first forward moves them
+        import bitsandbytes.functional as bnb_functional
+
+        state = base.state
+        rows = state.CB if state.CB is not None else weight.data
+        scales = state.SCB if state.SCB is not None else weight.SCB
+        return bnb_functional.int8_vectorwise_dequant(rows, scales)
+    return dequantize_module_weight(base)  # torchao and HQQ; W itself when not quantized
+
+
+def _quantized(base: nn.Module) -> bool:
+    """Whether the base stores something other than W (bitsandbytes' Params4bit and Int8Params, torchao, HQQ)."""
+    weight = getattr(base, "weight", None)
+    return hasattr(base, "W_q") or (weight is not None and type(weight) not in (nn.Parameter, torch.Tensor))
+
+
+class _DequantizedLinear(torch.autograd.Function):
+    """x·Wᵀ + b of a quantized base from its dequantized W, made again in backward rather than kept. (Calling a
+    bitsandbytes 8-bit layer a second time in a step breaks the state its backward reads.)"""
+
+    @staticmethod
+    def forward(ctx, x, weight, base):
+        ctx.base = base
+        bias = None if base.bias is None else as_dtype(base.bias, x.dtype)
+        return torch.nn.functional.linear(x, as_dtype(weight, x.dtype), bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        with torch.no_grad():
+            weight = dequantized_weight(ctx.base)
+        return grad_out @ as_dtype(weight, grad_out.dtype), None, None
 
 
 def _lora_dtype(module: LoraLayer, adapter: str, x: torch.Tensor) -> torch.dtype:
@@ -88,13 +131,18 @@ def dora_forward(module: LoraLayer, adapter: str, x: torch.Tensor, result: torch
     base = module.get_base_layer()
     dropout, scaling = module.lora_dropout[adapter], module.scaling[adapter]
     magnitude = module.lora_magnitude_vector[adapter].weight  # (out,); a Conv2d's is (1, out, 1, 1)
-    inv_norm = layer_inv_norm(module, adapter)
-    y_drop = None
+    y_drop = weight = None
     if module.training and not isinstance(dropout, nn.Identity):
-        # peft applies W to the dropped-out input: so do we, through the base layer itself (its own
-        # quantized matmul, ZeRO-3 hooks and autograd), in the dtype the base layer gave its output in
+        # peft applies W to the dropped-out input: so do we, in the dtype the base layer gave its output in,
+        # through the base layer itself (its ZeRO-3 hooks and autograd) or, quantized, its dequantized W
         x = dropout(x)
-        y_drop = base(as_dtype(x, result.dtype))
+        if _quantized(base):
+            with torch.no_grad():
+                weight = dequantized_weight(base)  # once, for this and for the norm
+            y_drop = _DequantizedLinear.apply(as_dtype(x, result.dtype), weight, base)
+        else:
+            y_drop = base(as_dtype(x, result.dtype))
+    inv_norm = layer_inv_norm(module, adapter, weight)
     bias = base.bias if getattr(base, "bias", None) is not None else None
     if channel_dim == -1 and _plain_lora(module, adapter):
         return DoraLinearFn.apply(x, result, y_drop, module.lora_A[adapter].weight, module.lora_B[adapter].weight,

@@ -28,6 +28,7 @@ from transformers import (
 from vlft.config import ModelConfig, RunConfig, TinyModelConfig
 from vlft.data.template import LLAVA_V1
 from vlft.models.base import ModelBundle, ModelLoadError
+from vlft.models.quantization import prepare_quantized, quantized_load_kwargs
 from vlft.models.tokenizer import IMAGE_TOKEN, build_word_tokenizer
 
 # Module-name prefixes of each tower: transformers >= 4.52 first, older layouts after.
@@ -58,8 +59,13 @@ def load(model_cfg: ModelConfig, path: str, with_model: bool = True) -> ModelBun
     kwargs = {"dtype": dtype}
     if model_cfg.attn_implementation:
         kwargs["attn_implementation"] = model_cfg.attn_implementation
+    if model_cfg.quantization is not None and with_model:  # the language model only, as LLaVA's QLoRA recipe
+        kwargs.update(quantized_load_kwargs(model_cfg.quantization, dtype, [*TOWERS["vision"], *TOWERS["projector"],
+                                                                           "lm_head"]))
     try:
         model = LlavaForConditionalGeneration.from_pretrained(path, **kwargs) if with_model else None
+        if model is not None and model_cfg.quantization is not None:
+            model = prepare_quantized(model)
         config = model.config if with_model else AutoConfig.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
         image_processor = AutoImageProcessor.from_pretrained(path)
