@@ -239,7 +239,7 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
             try:
                 return _coerce(value, option, key, source)
             except ConfigError as err:
-                errors.append(str(err))
+                errors.append(err)
         raise errors[0] if len(errors) == 1 else ConfigError(f"{source}: '{key}' has the wrong type: {value!r}")
     if origin is Literal:
         allowed = typing.get_args(annotation)
