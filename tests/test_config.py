@@ -79,3 +79,14 @@ def test_explain_lists_every_leaf_key_with_help():
     rows = {key: text for key, _, _, text in explain()}
     assert "adapters.r" in rows and "model.tiny.patch_size" in rows and "training.deepspeed" in rows
     assert all(rows.values())
+
+
+def test_quantization_is_a_block_with_bits_and_is_refused_where_it_cannot_apply():
+    cfg = config_from_dict(BASE, ["model.quantization.bits=4"])
+    assert cfg.model.quantization.bits == 4 and config_from_dict(BASE).model.quantization is None
+    with pytest.raises(ConfigError, match=r"'model.quantization.bits' must be one of \[4, 8\], got 3"):
+        config_from_dict(BASE, ["model.quantization.bits=3"])
+    with pytest.raises(ConfigError, match=r"model.quantization: supported for the llava family, not vit"):
+        config_from_dict(BASE, ["model.quantization.bits=8", "model.family=vit"])
+    with pytest.raises(ConfigError, match=r"cannot be trained in full; set adapters.language"):
+        config_from_dict(BASE, ["model.quantization.bits=4", "adapters.language=full"])

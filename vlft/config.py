@@ -52,6 +52,14 @@ class TinyModelConfig:
 
 
 @dataclass
+class QuantizationConfig:
+    """The base model's linear layers loaded quantized through bitsandbytes (QLoRA-style): frozen k-bit weights,
+    adapters on top."""
+
+    bits: Literal[4, 8] = _help("4: NF4 with double quantization, computing in model.dtype (QLoRA); 8: LLM.int8.", 4)
+
+
+@dataclass
 class ModelConfig:
     family: Literal["llava", "vl_bart", "vit"] = _help(
         "Model family: llava (decoder-only VQA), vl_bart (BART + CLIP encoder), vit (image classification).", "llava")
@@ -61,6 +69,9 @@ class ModelConfig:
     attn_implementation: str | None = _help("transformers attention backend (sdpa, eager, flash_attention_2).", None)
     vision_tower: str | None = _help("vl_bart: open_clip encoder and pretrained tag, e.g. RN101:openai.", None)
     tiny: TinyModelConfig = _help("Sizes used when name_or_path is `tiny`.", default_factory=TinyModelConfig)
+    quantization: QuantizationConfig | None = _help(
+        "llava: load the language model quantized, e.g. {bits: 4} (needs bitsandbytes); the vision tower, projector "
+        "and lm_head stay in model.dtype. null: no quantization.", None)
 
 
 @dataclass
@@ -245,6 +256,14 @@ class RunConfig:
     eval: EvalConfig = _help("Generation-based evaluation.", default_factory=EvalConfig)
     sweep: SweepConfig = _help("The grid `vlft sweep` runs (ignored by `vlft train`).", default_factory=SweepConfig)
 
+    def __post_init__(self):
+        if self.model.quantization is not None:
+            if self.model.family != "llava":
+                raise ConfigError(f"model.quantization: supported for the llava family, not {self.model.family}")
+            if self.adapters.language == "full":
+                raise ConfigError("model.quantization: a quantized language model cannot be trained in full; "
+                                  "set adapters.language to lora, dora or frozen")
+
 
 # Names people bring from the transformers Trainer and peft, mapped to ours.
 KNOWN_ALIASES = {"learning_rate": "lr", "num_train_epochs": "epochs", "per_device_train_batch_size":
@@ -274,7 +293,7 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
             try:
                 return _coerce(value, option, key, source)
             except ConfigError as err:
-                errors.append(str(err))
+                errors.append(err)
         raise errors[0] if len(errors) == 1 else ConfigError(f"{source}: '{key}' has the wrong type: {value!r}")
     if origin is Literal:
         allowed = typing.get_args(annotation)

@@ -1,175 +1,38 @@
-"""A faster DoRA that computes peft's function, for Linear and Conv2d.
+"""A faster DoRA that computes peft's function, for Linear and Conv2d (quantized bases included).
 
-peft's DoRA forward builds the dense out x in matrix B·A (through ``lora_B(lora_A(eye))``), adds
-it to W and takes row norms, then combines base and LoRA outputs with several elementwise passes
-whose autograd graph keeps two activation-sized tensors. Here:
+peft's DoRA forward builds the dense out x in matrix B·A (through ``lora_B(lora_A(eye))``), adds it to
+a copy of W cast to the input's dtype, takes row norms, and combines base and LoRA outputs in several
+elementwise passes whose graph keeps two activation-sized tensors. Here (``_dora_autograd.py``):
 
-- the row norm never forms B·A:
-  ``||W + sBA||²_row = ||W||²_row + 2s·rowsum((W·Aᵀ) ⊙ B) + s²·rowsum((B·(A·Aᵀ)) ⊙ B)``,
-  with ``||W||²_row`` cached while W is unchanged (a Conv2d kernel is flattened to out x in·kh·kw);
-- the norm is computed without autograd (DoRA paper §4.3: treated as a constant in backward);
-- ``g ⊙ (Wx + s·BAx) + b`` with ``g = m / norm`` is one autograd Function that saves one tensor.
+- the row norm never forms B·A, reads W in its own dtype (a bnb 4/8-bit W dequantized) and is fp32;
+- the norm is outside autograd (DoRA paper §4.3: treated as a constant in backward);
+- a Linear layer is one autograd Function (the LoRA matmuls inside), a Conv2d one Function after its
+  LoRA convs; each keeps one activation-sized tensor and never touches W in backward.
 
-Only the LoRA *variant* object on each DoRA layer is swapped (peft's strategy hook): parameter
-names, the adapter file format, merge and unmerge all stay peft's own.
+No norm is cached while training (W is read anyway for W·Aᵀ, and a cache keyed on W cannot see writes
+through ``.data``); in eval mode peft's own opt-in ``peft.helpers.DoraCaching`` caches it.
+
+Only the LoRA *variant* object on each DoRA layer differs (peft's strategy hook): parameter names, the
+adapter file format, merge and unmerge stay peft's own. Layers get vlft's variant where peft resolves it,
+``resolve_lora_variant``, inside ``vlft_dora_variants()``, or for good on one model with ``use_vlft_dora``.
 """
 
 from __future__ import annotations
 
+import contextvars
+import threading
+import types
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
+from peft.tuners.lora import dora as peft_dora
 from peft.tuners.lora.layer import LoraLayer
 from peft.tuners.lora.variants import DoraConv2dVariant, DoraLinearVariant
-from peft.utils.integrations import gather_params_ctx
+from peft.tuners.tuners_utils import BaseTuner
+from peft.utils.integrations import dequantize_module_weight, gather_params_ctx
 from torch import nn
 
-
-class _DoraScale(torch.autograd.Function):
-    """out = g ⊙ (y - b + s·lora) + b along ``channel_dim``, g = magnitude * inv_norm.
-
-    y is the base layer's output (bias b included, or None). The magnitude gradient needs
-    z = y - b + s·lora. With ``recompute_z`` given, the Function saves its own output instead: the
-    next op (an activation, attention, a norm) usually keeps that tensor anyway, so no extra
-    activation is held (see ``_magnitude_grad``).
-    """
-
-    @staticmethod
-    def forward(ctx, y, lora, magnitude, inv_norm, bias, scaling: float, channel_dim: int, recompute_z):
-        shape = [1] * y.dim()
-        shape[channel_dim] = -1
-        z = torch.add(y, lora, alpha=scaling)  # a fresh tensor: the bias can come off in place
-        if bias is not None:
-            z.sub_(bias.view(shape))
-        g = (magnitude * inv_norm).view(shape)
-        out = torch.addcmul(bias.view(shape), z, g) if bias is not None else z * g
-        ctx.save_for_backward(out if recompute_z is not None else z)
-        ctx.g, ctx.inv_norm, ctx.bias = g, inv_norm, bias
-        ctx.scaling, ctx.channel_dim, ctx.recompute_z = scaling, channel_dim, recompute_z
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        recompute_z, ctx.recompute_z = ctx.recompute_z, None
-        grad_z = grad_out * ctx.g
-        grad_lora = grad_z * ctx.scaling if ctx.needs_input_grad[1] else None
-        grad_magnitude = None
-        if ctx.needs_input_grad[2]:
-            if recompute_z is None:
-                z, out = ctx.saved_tensors[0], None
-            else:
-                out = _saved_output(ctx, 0)
-                z = recompute_z()[1] if out is None or (ctx.g == 0).any() else None
-            grad_magnitude = _magnitude_grad(grad_out, ctx, ctx.channel_dim, z=z, out=out)
-        return grad_z, grad_lora, grad_magnitude, None, None, None, None, None
-
-
-def _saved_output(ctx, index: int) -> torch.Tensor | None:
-    try:
-        return ctx.saved_tensors[index]
-    except RuntimeError:  # the output was modified in place after the forward
-        return None
-
-
-def _channel_sum(a: torch.Tensor, b: torch.Tensor, channel_dim: int) -> torch.Tensor:
-    """sum of a ⊙ b over every dim but ``channel_dim``, in fp32."""
-    if channel_dim == a.dim() - 1:  # Linear: a dot product per channel
-        channels = a.shape[-1]
-        return torch.linalg.vecdot(a.reshape(-1, channels), b.reshape(-1, channels), dim=0).float()
-    # Conv2d: channels are not innermost; reordering would copy more than the product does
-    return (a * b).sum(dim=[d for d in range(a.dim()) if d != channel_dim]).float()
-
-
-def _magnitude_grad(grad_out, ctx, channel_dim: int, z=None, out=None) -> torch.Tensor:
-    """d loss / d magnitude = inv_norm · Σ grad_out ⊙ z, z the pre-scaling output (bias excluded).
-
-    Given the output instead of z: Σ grad·z = (Σ grad·out − b·Σ grad) / g, so z is never formed.
-    """
-    channel_dim %= grad_out.dim()
-    if z is not None:
-        summed = _channel_sum(grad_out, z, channel_dim)
-    else:
-        summed = _channel_sum(grad_out, out, channel_dim)
-        if ctx.bias is not None:
-            other_dims = [d for d in range(grad_out.dim()) if d != channel_dim]
-            summed -= ctx.bias.reshape(-1).float() * grad_out.sum(dim=other_dims).float()
-        summed /= ctx.g.reshape(-1).float()
-    return summed.to(ctx.inv_norm.dtype) * ctx.inv_norm
-
-
-class _DoraLinear(torch.autograd.Function):
-    """The whole DoRA Linear given the base output y = Wx + b, for dropout 0 and one dtype throughout.
-
-    out = g ⊙ y + (s·g ⊙ B)(A x) + b ⊙ (1 − g): the scales go onto the small matrix B and the bias
-    term rides in the LoRA matmul, so one elementwise pass (addcmul) is left in the forward. In the
-    backward the scales are applied to (out, r) products, not to activation-sized tensors.
-    ``recompute()`` returns (A x, z) for when the saved output was modified in place or some g is 0.
-    """
-
-    @staticmethod
-    def forward(ctx, x, y, lora_A, lora_B, magnitude, inv_norm, bias, scaling: float, recompute):
-        g = magnitude * inv_norm
-        hidden = F.linear(x, lora_A)
-        out = F.linear(hidden, lora_B * (scaling * g).unsqueeze(1), None if bias is None else bias * (1 - g))
-        out.addcmul_(y, g)
-        ctx.save_for_backward(out, x, hidden)
-        ctx.lora_A, ctx.lora_B, ctx.g, ctx.inv_norm, ctx.bias = lora_A, lora_B, g, inv_norm, bias
-        ctx.scaling, ctx.recompute = scaling, recompute
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        recompute, ctx.recompute = ctx.recompute, None
-        g, needs = ctx.g, ctx.needs_input_grad
-        out = _saved_output(ctx, 0)
-        if out is None:
-            x, (hidden, z) = recompute.x, recompute()
-        else:
-            _, x, hidden = ctx.saved_tensors
-            z = recompute()[1] if needs[4] and (g == 0).any() else None
-        grad_y = grad_out * g if needs[1] else None
-        grad_hidden = grad_out @ (ctx.lora_B * (ctx.scaling * g).unsqueeze(1))
-        grad_x = grad_hidden @ ctx.lora_A if needs[0] else None
-        grad_A = _flat_t(grad_hidden) @ x.reshape(-1, x.shape[-1]) if needs[2] else None
-        grad_B = None
-        if needs[3]:
-            grad_B = (_flat_t(grad_out) @ hidden.reshape(-1, hidden.shape[-1])) * (ctx.scaling * g).unsqueeze(1)
-        grad_magnitude = _magnitude_grad(grad_out, ctx, -1, z=z, out=out) if needs[4] else None
-        return grad_x, grad_y, grad_A, grad_B, grad_magnitude, None, None, None, None
-
-
-def _flat_t(t: torch.Tensor) -> torch.Tensor:
-    """(..., c) -> (c, N)."""
-    return t.reshape(-1, t.shape[-1]).T
-
-
-def _flat(weight: torch.Tensor) -> torch.Tensor:
-    return weight.reshape(weight.shape[0], -1)
-
-
-@torch.no_grad()
-def weight_row_norm(module: LoraLayer, adapter: str, base_weight: torch.Tensor) -> torch.Tensor:
-    """||W + s·B·A|| per output channel (fp32), without the out x in product B·A."""
-    A = _flat(module.lora_A[adapter].weight).float()  # (r, in·k)
-    B = _flat(module.lora_B[adapter].weight).float()  # (out, r)
-    W = _flat(base_weight).float()  # (out, in·k)
-    s = module.scaling[adapter]
-    squared = cached_squared_row_norm(module, base_weight, W)
-    cross = ((W @ A.T) * B).sum(dim=1)
-    lora_sq = ((B @ (A @ A.T)) * B).sum(dim=1)
-    # clamp: with a tiny update, rounding could push the sum a hair below zero
-    return (squared + 2 * s * cross + s * s * lora_sq).clamp_min(0).sqrt()
-
-
-def cached_squared_row_norm(module: nn.Module, base_weight: torch.Tensor, flat_fp32: torch.Tensor) -> torch.Tensor:
-    """||W||² per row, recomputed only when W changes (new storage, in-place edit, dtype or device)."""
-    key = (base_weight.data_ptr(), base_weight._version, base_weight.dtype, base_weight.device, base_weight.shape)
-    cache = getattr(module, "_vlft_weight_sq", None)
-    if cache is None or cache[0] != key:
-        cache = (key, flat_fp32.pow(2).sum(dim=1))
-        module._vlft_weight_sq = cache
-    return cache[1]
+from vlft.adapters._dora_autograd import DoraLinearFn, DoraScaleFn, as_dtype, inv_weight_norm
 
 
 @contextmanager
@@ -183,53 +46,109 @@ def _gathered_if_partitioned(weight: torch.Tensor):
         yield
 
 
-class _Recompute:
-    """Rebuilds (A x, z) from the layer input, for when the saved output cannot give z."""
+def layer_inv_norm(module: LoraLayer, adapter: str, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """1 / ||W + s·B·A|| per output channel (fp32) of one DoRA layer; W dequantized if the base is quantized
+    (``weight``: the dequantized W, when the caller has made it already).
 
-    def __init__(self, module: LoraLayer, adapter: str, x: torch.Tensor, base_fn, dtype: torch.dtype):
-        self.module, self.adapter, self.x, self.base_fn, self.dtype = module, adapter, x, base_fn, dtype
-
-    @torch.no_grad()
-    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        module, base = self.module, self.module.get_base_layer()
-        hidden = module.lora_A[self.adapter](self.x)
-        lora = module.lora_B[self.adapter](hidden).to(self.dtype)
-        with _gathered_if_partitioned(base.weight):
-            return hidden, self.base_fn(self.x, base.weight) + module.scaling[self.adapter] * lora
-
-
-def _fusable_linear(module: LoraLayer, adapter: str, x: torch.Tensor, result: torch.Tensor) -> bool:
-    """Whether ``_DoraLinear`` applies: plain bias-free LoRA matrices, one dtype, no autocast."""
-    lora_A, lora_B = module.lora_A[adapter], module.lora_B[adapter]
-    if type(lora_A) is not nn.Linear or type(lora_B) is not nn.Linear or lora_B.bias is not None:
-        return False
-    dtypes = {x.dtype, result.dtype, lora_A.weight.dtype, lora_B.weight.dtype}
-    return len(dtypes) == 1 and not torch.is_autocast_enabled(x.device.type)
+    Cached only under peft's ``DoraCaching`` in eval mode, in peft's per-layer cache (cleared by ``train()``).
+    """
+    holder = module.lora_magnitude_vector[adapter]
+    if not peft_dora.ENABLE_DORA_CACHING or module.training:
+        holder._cache_clear()  # as peft's cache decorator does outside caching
+        return _compute_inv_norm(module, adapter, weight)
+    key = f"vlft-inv-norm-{adapter}"
+    inv_norm = holder._cache_get(key, None)
+    if inv_norm is None:
+        inv_norm = _compute_inv_norm(module, adapter, weight)
+        holder._cache_store(key, inv_norm)
+    return inv_norm
 
 
-def _dora_forward(module: LoraLayer, adapter: str, x: torch.Tensor, result: torch.Tensor, base_fn,
-                  channel_dim: int) -> torch.Tensor:
-    """peft's DoRA output given ``result = base_layer(x)``; ``base_fn(x, W)`` applies W without bias."""
+def _compute_inv_norm(module: LoraLayer, adapter: str, weight: torch.Tensor | None) -> torch.Tensor:
     base = module.get_base_layer()
+    with _gathered_if_partitioned(base.weight), torch.no_grad():
+        weight = dequantized_weight(base) if weight is None else weight
+        return inv_weight_norm(weight, module.lora_A[adapter].weight, module.lora_B[adapter].weight,
+                               module.scaling[adapter])
+
+
+def dequantized_weight(base: nn.Module) -> torch.Tensor:
+    """W of a base layer, dequantized if quantized, read without changing the layer: peft's helper re-wraps a
+    bitsandbytes weight on the CPU at every call, which loses LLM.int8's scales after the first forward."""
+    weight = getattr(base, "weight", None)
+    kind = type(weight).__name__
+    if kind == "Params4bit":
+        import bitsandbytes.functional as bnb_functional
+
+        return bnb_functional.dequantize_4bit(weight.data, weight.quant_state)
+    if kind == "Int8Params":  # the int8 rows and their scales sit on the weight until the first forward moves them
+        import bitsandbytes.functional as bnb_functional
+
+        state = base.state
+        rows = state.CB if state.CB is not None else weight.data
+        scales = state.SCB if state.SCB is not None else weight.SCB
+        return bnb_functional.int8_vectorwise_dequant(rows, scales)
+    return dequantize_module_weight(base)  # torchao and HQQ; W itself when not quantized
+
+
+def _quantized(base: nn.Module) -> bool:
+    """Whether the base stores something other than W (bitsandbytes' Params4bit and Int8Params, torchao, HQQ)."""
+    weight = getattr(base, "weight", None)
+    return hasattr(base, "W_q") or (weight is not None and type(weight) not in (nn.Parameter, torch.Tensor))
+
+
+class _DequantizedLinear(torch.autograd.Function):
+    """x·Wᵀ + b of a quantized base from its dequantized W, made again in backward rather than kept. (Calling a
+    bitsandbytes 8-bit layer a second time in a step breaks the state its backward reads.)"""
+
+    @staticmethod
+    def forward(ctx, x, weight, base):
+        ctx.base = base
+        bias = None if base.bias is None else as_dtype(base.bias, x.dtype)
+        return torch.nn.functional.linear(x, as_dtype(weight, x.dtype), bias)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        with torch.no_grad():
+            weight = dequantized_weight(ctx.base)
+        return grad_out @ as_dtype(weight, grad_out.dtype), None, None
+
+
+def _lora_dtype(module: LoraLayer, adapter: str, x: torch.Tensor) -> torch.dtype:
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return module.lora_A[adapter].weight.dtype
+
+
+def _plain_lora(module: LoraLayer, adapter: str) -> bool:
+    """Whether the LoRA matrices are plain bias-free nn.Linear (what ``DoraLinearFn`` multiplies itself)."""
     lora_A, lora_B = module.lora_A[adapter], module.lora_B[adapter]
+    return type(lora_A) is nn.Linear and type(lora_B) is nn.Linear and lora_B.bias is None
+
+
+def dora_forward(module: LoraLayer, adapter: str, x: torch.Tensor, result: torch.Tensor, channel_dim: int):
+    """peft's DoRA output for ``result = base_layer(x)`` (x in the adapters' dtype, as peft passes it)."""
+    base = module.get_base_layer()
     dropout, scaling = module.lora_dropout[adapter], module.scaling[adapter]
-    magnitude = module.lora_magnitude_vector[adapter].weight.reshape(-1)
-    channel_dim = channel_dim % result.dim()
-    with _gathered_if_partitioned(base.weight):
-        inv_norm = weight_row_norm(module, adapter, base.weight).reciprocal().to(magnitude.dtype)
-        if isinstance(dropout, nn.Identity) or not module.training:
-            recompute = _Recompute(module, adapter, x, base_fn, result.dtype)
-            if channel_dim == result.dim() - 1 and _fusable_linear(module, adapter, x, result):
-                return _DoraLinear.apply(x, result, lora_A.weight, lora_B.weight, magnitude, inv_norm, base.bias,
-                                         scaling, recompute)
-            lora = lora_B(lora_A(x)).to(result.dtype)
-            return _DoraScale.apply(result, lora, magnitude, inv_norm, base.bias, scaling, channel_dim, recompute)
-        # peft applies W to the dropped-out input in this case: same function, so a second matmul
+    magnitude = module.lora_magnitude_vector[adapter].weight  # (out,); a Conv2d's is (1, out, 1, 1)
+    y_drop = weight = None
+    if module.training and not isinstance(dropout, nn.Identity):
+        # peft applies W to the dropped-out input: so do we, in the dtype the base layer gave its output in,
+        # through the base layer itself (its ZeRO-3 hooks and autograd) or, quantized, its dequantized W
         x = dropout(x)
-        y = base_fn(x, base.weight)
-    lora = lora_B(lora_A(x)).to(y.dtype)
-    scaled = _DoraScale.apply(y, lora, magnitude, inv_norm, None, scaling, channel_dim, None)
-    return result + (scaled - y).to(result.dtype)
+        if _quantized(base):
+            with torch.no_grad():
+                weight = dequantized_weight(base)  # once, for this and for the norm
+            y_drop = _DequantizedLinear.apply(as_dtype(x, result.dtype), weight, base)
+        else:
+            y_drop = base(as_dtype(x, result.dtype))
+    inv_norm = layer_inv_norm(module, adapter, weight)
+    bias = base.bias if getattr(base, "bias", None) is not None else None
+    if channel_dim == -1 and _plain_lora(module, adapter):
+        return DoraLinearFn.apply(x, result, y_drop, module.lora_A[adapter].weight, module.lora_B[adapter].weight,
+                                  magnitude, inv_norm, bias, scaling, _lora_dtype(module, adapter, x))
+    lora = module.lora_B[adapter](module.lora_A[adapter](x))
+    return DoraScaleFn.apply(result, y_drop, lora, magnitude, inv_norm, bias, scaling, channel_dim % result.dim())
 
 
 def _trainable_bias(base: nn.Module) -> bool:
@@ -238,13 +157,14 @@ def _trainable_bias(base: nn.Module) -> bool:
 
 
 class VlftDoraLinearVariant(DoraLinearVariant):
-    """peft's DoRA for nn.Linear with vlft's forward; init, merge and unmerge are peft's."""
+    """peft's DoRA for nn.Linear (and bnb Linear4bit / Linear8bitLt) with vlft's forward; init, merge and
+    unmerge are peft's."""
 
     @staticmethod
     def forward(module, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs) -> torch.Tensor:
         if getattr(module, "fan_in_fan_out", False) or _trainable_bias(module.get_base_layer()):
             return DoraLinearVariant.forward(module, active_adapter, x, result, **kwargs)
-        return _dora_forward(module, active_adapter, x, result, lambda inp, w: F.linear(inp, w), channel_dim=-1)
+        return dora_forward(module, active_adapter, x, result, channel_dim=-1)
 
 
 class VlftDoraConv2dVariant(DoraConv2dVariant):
@@ -255,18 +175,86 @@ class VlftDoraConv2dVariant(DoraConv2dVariant):
         base = module.get_base_layer()
         if base.groups != 1 or _trainable_bias(base):
             return DoraConv2dVariant.forward(module, active_adapter, x, result, **kwargs)
-
-        def conv(inp, w):
-            return F.conv2d(inp, w, None, base.stride, base.padding, base.dilation, base.groups)
-
-        return _dora_forward(module, active_adapter, x, result, conv, channel_dim=1)
+        return dora_forward(module, active_adapter, x, result, channel_dim=1)
 
 
 FAST_VARIANTS = {DoraLinearVariant: VlftDoraLinearVariant, DoraConv2dVariant: VlftDoraConv2dVariant}
 
+# --- where layers get vlft's variant: peft's resolve_lora_variant, within a scope -------------------------
+
+_ACTIVE = contextvars.ContextVar("vlft_dora_variants", default=False)
+_hook_lock = threading.Lock()
+_hook_users = 0
+_originals: dict[type, object] = {}
+
+
+def _resolving_to_vlft(original):
+    def resolve_lora_variant(self, *args, **kwargs):
+        variant = original(self, *args, **kwargs)
+        fast = FAST_VARIANTS.get(type(variant)) if _ACTIVE.get() else None
+        return fast() if fast is not None else variant
+
+    resolve_lora_variant.__wrapped__ = original
+    return resolve_lora_variant
+
+
+def _layer_classes() -> list[type]:
+    """LoraLayer and every subclass that defines its own resolve_lora_variant (bnb's, gptq's, ...)."""
+    found, todo = [], [LoraLayer]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if "resolve_lora_variant" in cls.__dict__:
+            found.append(cls)
+    return found
+
+
+def _install_hook() -> None:
+    global _hook_users
+    with _hook_lock:
+        if _hook_users == 0:
+            for cls in _layer_classes():
+                _originals[cls] = cls.__dict__["resolve_lora_variant"]
+                cls.resolve_lora_variant = _resolving_to_vlft(_originals[cls])
+        _hook_users += 1
+
+
+def _remove_hook() -> None:
+    global _hook_users
+    with _hook_lock:
+        _hook_users -= 1
+        if _hook_users == 0:
+            for cls, original in _originals.items():
+                cls.resolve_lora_variant = original
+            _originals.clear()
+
+
+@contextmanager
+def vlft_dora_variants():
+    """Within this block (this thread or task only), DoRA layers that peft creates or extends resolve to
+    vlft's variants. Outside every such block peft's classes are exactly stock."""
+    token = _ACTIVE.set(True)
+    _install_hook()
+    try:
+        yield
+    finally:
+        _remove_hook()
+        _ACTIVE.reset(token)
+
+
+def _inject_adapter_with_vlft_dora(self, *args, **kwargs):
+    """``inject_adapter`` of a model switched to vlft's DoRA: the path of add_adapter and load_adapter."""
+    with vlft_dora_variants():
+        return type(self).inject_adapter(self, *args, **kwargs)
+
 
 def use_vlft_dora(model: nn.Module) -> int:
-    """Swap peft's DoRA variants for vlft's on every layer of ``model``; returns how many were swapped."""
+    """Switch ``model`` to vlft's DoRA for good: DoRA layers it has now, and those any later ``add_adapter``
+    or ``load_adapter`` creates. Returns how many existing layers' variants were swapped (0 for a model
+    built inside ``vlft_dora_variants()``)."""
+    for module in model.modules():
+        if isinstance(module, BaseTuner) and hasattr(module, "inject_adapter"):
+            module.inject_adapter = types.MethodType(_inject_adapter_with_vlft_dora, module)
     swapped = 0
     for module in model.modules():
         variants = getattr(module, "lora_variant", None)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from vlft.adapters.dora import use_vlft_dora
+from vlft.adapters.dora import use_vlft_dora, vlft_dora_variants
 from vlft.adapters.towers import TOWER_NAMES, TowerTargets, resolve_tower_targets, tower_method, tower_of
 from vlft.config import AdaptersConfig
 
@@ -32,10 +32,12 @@ def apply_adapters(model: nn.Module, towers: dict[str, tuple[str, ...]], cfg: Ad
         return model
     if cfg.target_regex and targets.method is None:
         targets.method = "dora" if "dora" in (cfg.language, cfg.vision) else "lora"
-    model = get_peft_model(model, build_lora_config(targets, cfg))
     if targets.method == "dora" and cfg.dora_impl == "vlft":
-        use_vlft_dora(model)
-    return model
+        with vlft_dora_variants():  # layers resolve vlft's DoRA as peft builds them
+            model = get_peft_model(model, build_lora_config(targets, cfg))
+        use_vlft_dora(model)  # ...and so do adapters added to this model later
+        return model
+    return get_peft_model(model, build_lora_config(targets, cfg))
 
 
 def base_param_name(name: str) -> str:

@@ -38,6 +38,7 @@ from vlft.models.base import ModelBundle, ModelLoadError
 from vlft.models.llava_steps import generation_inputs, keep_vision_in_step
 from vlft.models.llava_tiny import build_tiny
 from vlft.models.llava_visual import LlavaVisual
+from vlft.models.quantization import prepare_quantized, quantized_load_kwargs
 
 # Module-name prefixes of each tower: transformers >= 4.52 first, older layouts after. (LLaVA-NeXT's and
 # OneVision's `image_newline` is a bare parameter, not a module: it stays frozen.)
@@ -129,15 +130,21 @@ def load(model_cfg: ModelConfig, path: str, with_model: bool = True) -> ModelBun
 
     ``with_model=False`` reads the config instead of the weights (model is None): enough to check data.
     """
-    kwargs = {"dtype": getattr(torch, model_cfg.dtype)}
+    dtype = getattr(torch, model_cfg.dtype)
+    kwargs = {"dtype": dtype}
     if model_cfg.attn_implementation:
         kwargs["attn_implementation"] = model_cfg.attn_implementation
+    if model_cfg.quantization is not None and with_model:  # the language model only, as LLaVA's QLoRA recipe
+        kwargs.update(quantized_load_kwargs(model_cfg.quantization, dtype, [*TOWERS["vision"], *TOWERS["projector"],
+                                                                           "lm_head"]))
     try:
         config = AutoConfig.from_pretrained(path)
         if config.model_type not in ARCHITECTURES:
             raise ModelLoadError(f"'{path}' is a {config.model_type} checkpoint, not one of the LLaVA architectures "
                                  f"({', '.join(ARCHITECTURES)})")
         model = ARCHITECTURES[config.model_type][1].from_pretrained(path, **kwargs) if with_model else None
+        if model is not None and model_cfg.quantization is not None:
+            model = prepare_quantized(model)
         tokenizer = AutoTokenizer.from_pretrained(path)
         processor = _processor(path, tokenizer, config)
     except OSError as err:
