@@ -11,6 +11,7 @@ from pathlib import Path
 from vlft.config import ConfigError, explain, load_config
 from vlft.data.records import DataError
 from vlft.eval.score import ScoreError
+from vlft.eval.vqa import DEFAULT_PROTOCOL, PROTOCOLS
 from vlft.models.base import ModelLoadError
 from vlft.train.checkpoints import UnsafeCheckpoint
 from vlft.train.errors import NodesDisagree, NonFiniteLoss, SweepRunFailed
@@ -129,7 +130,7 @@ def _score(args) -> int:
     if args.benchmark == "vqav2":
         from vlft.eval.score import score_vqav2
 
-        report = score_vqav2(args.questions, args.annotations, args.results)
+        report = score_vqav2(args.questions, args.annotations, args.results, protocol=args.protocol)
     elif args.benchmark == "gqa":
         from vlft.eval.gqa import score_gqa
 
@@ -226,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     vqa.add_argument("--questions", required=True, help="v2_OpenEnded_mscoco_*_questions.json")
     vqa.add_argument("--annotations", required=True, help="v2_mscoco_*_annotations.json")
     vqa.add_argument("--results", required=True, help="JSON list of {question_id, answer}")
+    vqa.add_argument("--protocol", choices=PROTOCOLS, default=DEFAULT_PROTOCOL,
+                     help="which official answer processing: 2016 (vqaEval.py until March 2021, normalises the "
+                          "prediction always, human answers by punctuation only) or 2021 (master since a013f00, "
+                          "normalises both, only when the human answers disagree); default %(default)s, "
+                          "named in the output JSON")
     vqa.set_defaults(func=_score)
     gqa = score_sub.add_parser("gqa", help="GQA accuracy (official, over balanced questions)")
     gqa.add_argument("--questions", required=True, help="e.g. testdev_balanced_questions.json")
