@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from vlft.adapters.towers import adaptable_layers, multihead_attention_parts, tower_method, tower_prefix
-from vlft.config import load_config
+from vlft.runs import load_run_config
 
 ANALYZED_TOWERS = ("language", "vision")
 
@@ -107,7 +107,7 @@ def analyze_run(run_dir: str | Path, pattern: str | None = None) -> RunAnalysis:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir}: not a finished vlft run (no config.yaml)")
-    cfg = load_config(run_dir / "config.yaml", ["adapters.dora_impl=peft"])
+    cfg = load_run_config(run_dir / "config.yaml", ["adapters.dora_impl=peft"])
     saved = checkpoints(run_dir)
     if not saved:
         raise FileNotFoundError(f"{run_dir}: no checkpoint-N directories and no final weights to analyse")

@@ -214,8 +214,6 @@ class EvalConfig:
     max_samples: int | None = _help("Evaluate on the first N eval records (null: all).", None)
     batch_size: int = _help("Prompts per generation batch per process.", 32)
     max_new_tokens: int = _help("Greedy generation length.", 16)
-    metric: Literal["vqa", "top1"] | None = _help(
-        "Metric; null: the family's (llava: vqa, the official VQAv2 accuracy; vit: top1 accuracy).", None)
     at_end: bool = _help("Evaluate once training ends.", True)
 
 

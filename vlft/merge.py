@@ -11,8 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
-from vlft.config import load_config
 from vlft.models import get_family
+from vlft.runs import load_run_config
 
 MERGE_INFO = "vlft_merge.json"  # what was merged, from which run
 # The run's config beside the merged weights: `vlft predict | chat | demo` read its prompt, image and video
@@ -30,7 +30,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path) -> dict:
         raise FileNotFoundError(f"{run_dir}: not a finished vlft run (no config.yaml)")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; give a new directory")
-    cfg = load_config(config_path, ["adapters.dora_impl=peft"])  # the merge is peft's own code
+    cfg = load_run_config(config_path, ["adapters.dora_impl=peft"])  # the merge is peft's own code
     bundle = load_trained(run_dir, cfg)
     model, adapters = with_adapters_merged(bundle.model)
     staging = out_dir.with_name(out_dir.name + ".partial")

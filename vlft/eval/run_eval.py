@@ -10,6 +10,7 @@ import torch
 from vlft.adapters.dora import use_vlft_dora
 from vlft.config import RunConfig, load_config
 from vlft.models import ModelBundle, get_family
+from vlft.runs import load_run_config
 from vlft.train.preflight import TINY
 
 
@@ -69,7 +70,7 @@ def with_adapters_merged(model: torch.nn.Module) -> tuple[torch.nn.Module, bool]
 def evaluate_run(run: str, overrides: list[str] | tuple = (), out_dir: str | None = None) -> dict:
     run_path = Path(run)
     if run_path.is_dir():
-        cfg = load_config(run_path / "config.yaml", overrides)
+        cfg = load_run_config(run_path / "config.yaml", overrides)
         bundle = load_trained(run_path, cfg)
     else:  # a config: evaluate its model as loaded, without training
         from vlft.train.run import load_model, model_path

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from vlft.config import RunConfig, load_config
+from vlft.config import RunConfig
 from vlft.merge import MERGE_INFO, RUN_CONFIG
 from vlft.models import ModelBundle, ModelLoadError, get_family
+from vlft.runs import load_run_config
 
 # What a finished run leaves beside its config.yaml: a peft adapter, or a fully trained model's weights.
 RUN_WEIGHTS = ("adapter_config.json", "model.safetensors", "model.safetensors.index.json")
@@ -66,12 +67,12 @@ def served_config(directory: str | Path, kind: str) -> RunConfig:
     before that copy existed falls back to its run's config, if the run is still there)."""
     directory = Path(directory)
     if kind == "run":
-        return load_config(directory / "config.yaml")
+        return load_run_config(directory / "config.yaml")
     if (directory / RUN_CONFIG).is_file():
-        return load_config(directory / RUN_CONFIG)
+        return load_run_config(directory / RUN_CONFIG)
     run_config = Path(json.loads((directory / MERGE_INFO).read_text())["run"]) / "config.yaml"
     if run_config.is_file():
-        return load_config(run_config)
+        return load_run_config(run_config)
     raise ModelLoadError(f"{directory}: merged without its run's config ({RUN_CONFIG}) and {run_config} is gone; "
                          "merge the run again")
 

@@ -16,7 +16,6 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
 
 
-FAMILY_METRICS = {"llava": "vqa", "vl_bart": "vqa", "vit": "top1"}
 # what marks a saved model directory: a vlft VL-BART, or a BART to pair with model.vision_tower
 CONFIG_FILES = {"vl_bart": ("vl_bart.json", "config.json")}
 
@@ -34,12 +33,7 @@ def _check_features(cfg: RunConfig, source: str) -> None:
 
 
 def check_paths(cfg: RunConfig, source: str = "config") -> None:
-    """Raise ConfigError naming the key and the path for the first missing or unreadable file (and for a
-    metric the model family cannot report)."""
-    metric = FAMILY_METRICS[cfg.model.family]
-    if cfg.eval.metric not in (None, metric):
-        raise ConfigError(f"{source}: eval.metric: the {cfg.model.family} family reports {metric}, "
-                          f"not {cfg.eval.metric}")
+    """Raise ConfigError naming the key and the path for the first missing or unreadable file."""
     data = cfg.data
     if data.group_by_record and cfg.model.family != "vl_bart":
         raise ConfigError(f"{source}: data.group_by_record applies to the vl_bart family (a {cfg.model.family} "

@@ -53,7 +53,9 @@ def deepspeed_config(path: str | None, on_each_node: bool) -> str | dict | None:
 
 def build_training_arguments(cfg: RunConfig, on_each_node: bool = False) -> TrainingArguments:
     """Built before the model is loaded: with ZeRO-3 this makes from_pretrained load partitioned.
-    ``on_each_node``: every node writes checkpoints and outputs into its own output_dir."""
+    ``on_each_node``: every node writes checkpoints and outputs into its own output_dir.
+    The warmup ratio goes in as `warmup_steps`: transformers 5 (pyproject's floor) reads a value below 1 there
+    as a fraction of the steps, and has no `warmup_ratio` any more."""
     t = cfg.training
     return TrainingArguments(
         output_dir=t.output_dir, seed=t.seed, data_seed=t.seed, num_train_epochs=t.epochs, max_steps=t.max_steps,
