@@ -74,7 +74,7 @@ def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 def merged_weights(run_dir: Path, cfg, weights_dir: Path, layers: list[str] | None, pattern: str | None):
     """Weights of the analysed layers with the checkpoint's adapters merged; also the layer list."""
-    from vlft.eval.run_eval import load_trained, with_adapters_merged
+    from vlft.runs import load_trained, with_adapters_merged
 
     bundle = load_trained(run_dir, cfg, weights_dir=weights_dir)
     model, _ = with_adapters_merged(bundle.model)
@@ -83,8 +83,8 @@ def merged_weights(run_dir: Path, cfg, weights_dir: Path, layers: list[str] | No
 
 
 def base_weights(run_dir: Path, cfg, layers: list[str]) -> dict[str, torch.Tensor]:
-    from vlft.eval.run_eval import base_checkpoint
     from vlft.models import get_family
+    from vlft.runs import base_checkpoint
 
     model = get_family(cfg.model.family).load(cfg.model, base_checkpoint(run_dir, cfg)).model
     return {n: model.get_submodule(n).weight.detach().clone() for n in layers}

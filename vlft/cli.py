@@ -26,7 +26,7 @@ def _train(args) -> int:
     if not args.dry_run:
         from vlft.train.preflight import check_paths
 
-        check_paths(cfg, source=args.config)  # before anything heavy is imported or built
+        check_paths(cfg, source=args.config)  # before the model is built
     if args.dry_run:
         from vlft.train.dry_run import dry_run
 
@@ -39,8 +39,8 @@ def _train(args) -> int:
 
 
 def _validate(args) -> int:
-    from vlft.data.validate import validate_data
     from vlft.train.preflight import check_paths
+    from vlft.train.validate import validate_data
 
     cfg = load_config(args.config, args.overrides)
     check_paths(cfg, source=args.config)

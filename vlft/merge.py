@@ -22,7 +22,7 @@ RUN_CONFIG = "vlft_config.yaml"
 
 def merge_run(run_dir: str | Path, out_dir: str | Path) -> dict:
     """Write the merged model of ``run_dir`` into ``out_dir``; return what was done."""
-    from vlft.eval.run_eval import load_trained, with_adapters_merged
+    from vlft.runs import load_trained, with_adapters_merged
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     config_path = run_dir / "config.yaml"

@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 
 from tests.conftest import tiny_config_dict
 from vlft.config import config_from_dict, load_config
-from vlft.eval.run_eval import base_checkpoint, load_trained
 from vlft.merge import merge_run
 from vlft.models import get_family
+from vlft.runs import base_checkpoint, load_trained
 
 # Run in a child process: vlft and peft are made unimportable, as if not installed.
 CHILD_PRELUDE = """

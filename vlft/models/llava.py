@@ -176,7 +176,10 @@ def build_on_meta(config):
         return ARCHITECTURES[config.model_type][1](config)
 
 
-# The hooks every family gives the training loop (see vlft/models/__init__.py).
+# The hooks every family gives (vlft.models.contract).
+MODEL_FILES = ("config.json",)
+DATA_OPTIONS: frozenset[str] = frozenset()
+
 
 def training_texts(cfg: RunConfig) -> list[str]:
     """Every turn of the good training records: the tiny model's word-level vocabulary comes from them."""
@@ -229,14 +232,6 @@ def generation_options(model, bundle: ModelBundle) -> dict:
     """How generate_answers feeds this family's eval batches to ``model.generate`` (also used by `vlft predict`,
     `chat` and `demo`, so that their answers are the evaluation's): through `generation_inputs`."""
     return {"model_inputs": partial(generation_inputs, model, bundle.extra["visual"])}
-
-
-def evaluate(model, bundle: ModelBundle, cfg: RunConfig, device="cpu", synced_gpus: bool = False,
-             predictions_path=None) -> dict:
-    from vlft.eval.evaluator import evaluate_vqa
-
-    return evaluate_vqa(model, eval_dataset(cfg, bundle), cfg, device=device, synced_gpus=synced_gpus,
-                        predictions_path=predictions_path, **generation_options(model, bundle))
 
 
 def export_merged(model, bundle: ModelBundle, out_dir: str | Path) -> None:

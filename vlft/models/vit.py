@@ -29,6 +29,8 @@ from vlft.models.base import ModelBundle, ModelLoadError
 
 TOWERS = {"vision": ("encoder",), "head": ("head",)}
 TINY_ARCHITECTURE = "vit_tiny_patch16_224"
+MODEL_FILES = ("config.json",)
+DATA_OPTIONS: frozenset[str] = frozenset()
 
 
 class ImageClassifier(nn.Module):
@@ -182,11 +184,5 @@ def collator(bundle: ModelBundle):
     return ImageLabelCollator()
 
 
-def evaluate(model, bundle: ModelBundle, cfg: RunConfig, device="cpu", synced_gpus: bool = False,
-             predictions_path=None) -> dict:
-    from vlft.eval.classification import evaluate_classification
-
-    # synced_gpus is for generation loops; one forward per batch stays in step under ZeRO-3 because every rank
-    # runs the same number of batches (vlft.eval.shard)
-    return evaluate_classification(model, eval_dataset(cfg, bundle), bundle.extra["labels"], cfg.eval.batch_size,
-                                   device=device, predictions_path=predictions_path)
+def label_names(bundle: ModelBundle) -> list[str]:
+    return bundle.extra["labels"]

@@ -12,6 +12,7 @@ from types import ModuleType
 from vlft.config import RunConfig
 from vlft.merge import MERGE_INFO, RUN_CONFIG
 from vlft.models import ModelBundle, ModelLoadError, get_family
+from vlft.models.contract import AnswersInText, ClassifiesImages
 from vlft.runs import load_run_config
 
 # What a finished run leaves beside its config.yaml: a peft adapter, or a fully trained model's weights.
@@ -35,7 +36,7 @@ class ServedModel:
     @property
     def labels(self) -> list[str] | None:
         """The label names of an image classifier (ViT); None for a model that answers in text."""
-        return self.bundle.extra.get("labels")
+        return self.family.label_names(self.bundle) if isinstance(self.family, ClassifiesImages) else None
 
     def describe(self) -> str:
         how = "merged" if self.kind == "merged" else (
@@ -44,9 +45,8 @@ class ServedModel:
 
 
 def answers_in_text(family: ModuleType) -> bool:
-    """Whether a family generates text (LLaVA, VL-BART) rather than classifying images (ViT): the former say how
-    their batches reach `generate`."""
-    return hasattr(family, "generation_options")
+    """Whether a family generates text (LLaVA, VL-BART) rather than classifying images (ViT)."""
+    return isinstance(family, AnswersInText)
 
 
 def directory_kind(directory: str | Path) -> str:
@@ -86,7 +86,7 @@ def default_device() -> str:
 def load_served(directory: str | Path, device: str | None = None) -> ServedModel:
     """The model of a run (through the loading `vlft eval` uses) or of a merged directory (through the family's
     own `load`, which reads the format `vlft merge` writes), in eval mode on ``device``."""
-    from vlft.eval.run_eval import load_trained
+    from vlft.runs import load_trained
 
     directory = Path(directory)
     kind = directory_kind(directory)
