@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vlft"
 
 # Lowest first. A module belongs to the longest prefix that names it; the root package "vlft" names only itself.
 LAYERS = [
-    ("vlft", "vlft.config", "vlft.ranks", "vlft.markdown"),  # the package root holds only the version and config re-exports
+    # the package root holds only the version and config re-exports
+    ("vlft", "vlft.config", "vlft.ranks", "vlft.markdown"),
     ("vlft.models.base", "vlft.models.contract"),  # what a family hands over, written down
     ("vlft.data",),  # records, datasets, collators: they see a bundle, never a family
     ("vlft.models", "vlft.adapters"),  # the families and the registry; which layers get DoRA

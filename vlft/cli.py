@@ -13,8 +13,9 @@ from vlft.data.records import DataError
 from vlft.eval.score import ScoreError
 from vlft.eval.vqa import DEFAULT_PROTOCOL, PROTOCOLS
 from vlft.models.base import ModelLoadError
+from vlft.sweep import SweepRunFailed
 from vlft.train.checkpoints import UnsafeCheckpoint
-from vlft.train.errors import NodesDisagree, NonFiniteLoss, SweepRunFailed
+from vlft.train.errors import NodesDisagree, NonFiniteLoss
 
 # Errors about the user's files and settings: one line, exit status 2, no traceback.
 USER_ERRORS = (DataError, ModelLoadError, ScoreError, FileNotFoundError, FileExistsError, UnsafeCheckpoint,
@@ -221,6 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--no-analyze", action="store_true", help="skip the weight-decomposition analysis")
     sweep.set_defaults(func=_sweep)
 
+    _add_score_parsers(sub)
+
+    config = sub.add_parser("config", help="describe config keys")
+    config_sub = config.add_subparsers(dest="action", required=True)
+    explain_parser = config_sub.add_parser("explain", help="every key with its type, default and meaning")
+    explain_parser.add_argument("config", nargs="?", help="also show the value this config gives each key")
+    explain_parser.set_defaults(func=_explain)
+    return parser
+
+
+def _add_score_parsers(sub) -> None:
+    """`vlft score vqav2 | gqa | coco-caption`: result files of any tool, in the official formats."""
     score = sub.add_parser("score", help="score result files in official formats")
     score_sub = score.add_subparsers(dest="benchmark", required=True)
     vqa = score_sub.add_parser("vqav2", help="official VQAv2 accuracy")
@@ -242,13 +255,6 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "id, caption}]}")
     caption.add_argument("--results", required=True, help="JSON list of {image_id, caption}")
     caption.set_defaults(func=_score)
-
-    config = sub.add_parser("config", help="describe config keys")
-    config_sub = config.add_subparsers(dest="action", required=True)
-    explain_parser = config_sub.add_parser("explain", help="every key with its type, default and meaning")
-    explain_parser.add_argument("config", nargs="?", help="also show the value this config gives each key")
-    explain_parser.set_defaults(func=_explain)
-    return parser
 
 
 def _serving_parser(sub, name: str, help_text: str, func) -> argparse.ArgumentParser:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import torch
 
-from vlft.adapters.dora import use_vlft_dora
 from vlft.config import RunConfig, config_from_dict, read_yaml
 from vlft.models import ModelBundle, get_family
 from vlft.models.tiny import TINY
@@ -59,7 +58,11 @@ def load_weights_into(model: torch.nn.Module, weights_dir: Path) -> None:
 def load_trained(run_dir: str | Path, cfg: RunConfig, weights_dir: str | Path | None = None) -> ModelBundle:
     """The base checkpoint with the run's adapter on top (a PeftModel), or with its fully trained weights.
     ``weights_dir``: a checkpoint-N directory of the run instead of its final weights."""
+    # peft (and what it pulls in) is imported on use: reading a run's config, or refusing a directory that is
+    # not a run, stays quick
     from peft import PeftModel
+
+    from vlft.adapters.dora import use_vlft_dora
 
     run_dir = Path(run_dir)
     weights_dir = Path(weights_dir) if weights_dir else run_dir

@@ -22,10 +22,13 @@ from pathlib import Path
 from vlft.compare import run_row
 from vlft.config import RunConfig, load_config
 from vlft.markdown import markdown_table
-from vlft.train.errors import SweepRunFailed
 
 ADAPTED_TOWERS = ("language", "vision")
 MAIN_METRICS = ("vqa_accuracy", "top1_accuracy", "caption_CIDEr")
+
+
+class SweepRunFailed(RuntimeError):
+    """One run of `vlft sweep` exited with an error; the message names it."""
 
 
 @dataclass

@@ -50,8 +50,7 @@ def load(model_cfg, path: str, with_model: bool = True) -> ModelBundle:
     if with_model:
         model = ToyClassifier(width)
         model.load_state_dict(torch.load(Path(path) / "model.pt", weights_only=True))
-    return ModelBundle(model=model, tokenizer=None, image_processor=None, template=None, num_image_tokens=0,
-                       image_token_id=-1, towers=TOWERS, base_path=path)
+    return ModelBundle(model=model, tokenizer=None, image_processor=None, towers=TOWERS, base_path=path)
 
 
 def build_tiny_for_run(cfg, out_dir: str | Path) -> Path:

@@ -20,10 +20,10 @@ from vlft.data.collate import pad, split_skipped, with_bookkeeping
 from vlft.data.conversation import IGNORE_INDEX, TokenSpec, truncate
 from vlft.data.records import DataError, image_paths, question_turns, references
 from vlft.data.video import read_frames
-from vlft.models.base import ModelBundle
+from vlft.models.base import ConversationBundle
 
 
-def token_spec(bundle: ModelBundle) -> TokenSpec:
+def token_spec(bundle: ConversationBundle) -> TokenSpec:
     """The token layout of a prepared row: one marker token per image (the image token) or video (the video
     token where the checkpoint's template writes one)."""
     tok, visual = bundle.tokenizer, bundle.extra["visual"]
@@ -50,7 +50,7 @@ class _ConversationRecords(PreparedDataset):
 
     max_images = None  # transformers' LLaVA fills image-token runs in order: any number per record
 
-    def __init__(self, sources, bundle: ModelBundle, image_folder: str, system_prompt: str = "", **kwargs):
+    def __init__(self, sources, bundle: ConversationBundle, image_folder: str, system_prompt: str = "", **kwargs):
         self.template = bundle.template.with_system(system_prompt)
         self.visual = bundle.extra["visual"]
         self.spec = token_spec(bundle)
@@ -90,7 +90,7 @@ class ConversationDataset(_ConversationRecords):
     COLUMNS = {"input_ids": TOKENS, "labels": TOKENS, "length": datasets.Value("int32"),
                "multimodal": datasets.Value("bool")}
 
-    def __init__(self, sources, bundle: ModelBundle, image_folder: str, max_length: int, **kwargs):
+    def __init__(self, sources, bundle: ConversationBundle, image_folder: str, max_length: int, **kwargs):
         self.max_length = max_length
         super().__init__(sources, bundle, image_folder, **kwargs)
 

@@ -34,7 +34,7 @@ from transformers import (
 from vlft.config import ConfigError, ModelConfig, RunConfig
 from vlft.data.chat_template import CheckpointTemplate
 from vlft.data.template import LLAVA_V1
-from vlft.models.base import ModelBundle, ModelLoadError
+from vlft.models.base import ConversationBundle, ModelBundle, ModelLoadError
 from vlft.models.llava_steps import generation_inputs, keep_vision_in_step
 from vlft.models.llava_tiny import build_tiny
 from vlft.models.llava_visual import LlavaVisual
@@ -151,7 +151,7 @@ def load(model_cfg: ModelConfig, path: str, with_model: bool = True) -> ModelBun
     visual = LlavaVisual(processor, config)
     if model is not None:
         keep_vision_in_step(model, visual)
-    return ModelBundle(
+    return ConversationBundle(
         model=model, tokenizer=tokenizer, image_processor=processor.image_processor,
         template=template_of(processor, visual), num_image_tokens=num_image_tokens(config),
         image_token_id=visual.image_token_id, towers=TOWERS, base_path=str(path),

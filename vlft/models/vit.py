@@ -76,8 +76,7 @@ def _data_config(encoder: nn.Module, image_size: int | None) -> dict:
 
 def _bundle(model: ImageClassifier, labels: list[str], data_config: dict, path: str) -> ModelBundle:
     return ModelBundle(model=model, tokenizer=None, image_processor=TimmImageProcessor(data_config),
-                       template=None, num_image_tokens=0, image_token_id=-1, towers=TOWERS, base_path=path,
-                       extra={"labels": labels})
+                       towers=TOWERS, base_path=path, extra={"labels": labels})
 
 
 def _from_timm_export(directory: Path) -> tuple[ImageClassifier, list[str], dict]:
@@ -151,7 +150,7 @@ def training_labels(cfg: RunConfig) -> list[str]:
     return label_set(cfg.data.train)
 
 
-# The hooks every family gives the training loop (see vlft/models/__init__.py).
+# The hooks every family gives (vlft.models.contract).
 
 def build_tiny_for_run(cfg: RunConfig, out_dir: str | Path) -> Path:
     return build_tiny(cfg.model.tiny, training_labels(cfg), out_dir)

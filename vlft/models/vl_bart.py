@@ -60,8 +60,7 @@ class ClipImageProcessor:
 
 def _bundle(model: VLBart, tokenizer, image: dict, vision_spec: dict, path: str, dtype: str) -> ModelBundle:
     return ModelBundle(model=model.to(getattr(torch, dtype)), tokenizer=tokenizer,
-                       image_processor=ClipImageProcessor(image), template=None, num_image_tokens=0,
-                       image_token_id=-1, towers=TOWERS, base_path=path,
+                       image_processor=ClipImageProcessor(image), towers=TOWERS, base_path=path,
                        extra={"vision_spec": vision_spec, "max_images": MAX_IMAGES})
 
 
@@ -151,7 +150,7 @@ def build_tiny(tiny: TinyModelConfig, texts: Iterable[str], out_dir: str | Path)
     return out_dir
 
 
-# The hooks every family gives the training loop (see vlft/models/__init__.py).
+# The hooks every family gives (vlft.models.contract).
 
 def build_tiny_for_run(cfg, out_dir: str | Path) -> Path:
     from vlft.models.llava import training_texts  # the same conversation records give the vocabulary
