@@ -29,8 +29,8 @@ from vlft.data.features import write_features  # noqa: E402
 from vlft.data.records import image_paths, validate_record  # noqa: E402
 from vlft.data.sources import as_sources  # noqa: E402
 from vlft.models import get_family  # noqa: E402
+from vlft.models.tiny import model_path  # noqa: E402
 from vlft.models.vl_bart_modeling import grid_features  # noqa: E402
-from vlft.train.run import model_path  # noqa: E402
 
 
 def images_of(cfg) -> list[str]:
@@ -49,9 +49,9 @@ def images_of(cfg) -> list[str]:
 
 
 @torch.no_grad()
-def extract(cfg, images: list[str], batch_size: int, dtype: torch.dtype):
+def extract(cfg, family, images: list[str], batch_size: int, dtype: torch.dtype):
     """(image, features) pairs from the run's vision tower, in batches."""
-    bundle = get_family("vl_bart").load_for_run(cfg, model_path(cfg))
+    bundle = family.load_for_run(cfg, model_path(cfg, family))
     vision = bundle.model.vision.eval()
     for start in tqdm(range(0, len(images), batch_size), desc="extract", unit="batch"):
         names = images[start:start + batch_size]
@@ -63,7 +63,7 @@ def extract(cfg, images: list[str], batch_size: int, dtype: torch.dtype):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="the run's YAML config (family vl_bart)")
+    parser.add_argument("config", help="the run's YAML config (a family that reads data.features: vl_bart)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     parser.add_argument("--out", required=True, help="features directory to write")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -71,12 +71,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shard-size", type=int, default=2048, help="images per safetensors shard")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    if cfg.model.family != "vl_bart":
-        raise SystemExit(f"error: {args.config}: model.family is {cfg.model.family}; features are for vl_bart")
+    family = get_family(cfg.model.family)
+    if "features" not in family.DATA_OPTIONS:
+        raise SystemExit(f"error: {args.config}: the {cfg.model.family} family does not read pre-extracted features")
     images = images_of(cfg)
     meta = {"model": cfg.model.name_or_path, "vision_tower": cfg.model.vision_tower, "dtype": args.dtype,
             "config": str(args.config)}
-    count = write_features(args.out, extract(cfg, images, args.batch_size, getattr(torch, args.dtype)), meta,
+    count = write_features(args.out, extract(cfg, family, images, args.batch_size, getattr(torch, args.dtype)), meta,
                            args.shard_size)
     print(json.dumps({"images": count, "out": args.out}))
 

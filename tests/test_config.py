@@ -44,8 +44,9 @@ def test_group_by_record_is_refused_for_a_family_that_does_not_take_it(tmp_path)
     cfg = config_from_dict({"data": {"train": str(tmp_path / "t.json"), "image_folder": str(tmp_path),
                                      "group_by_record": True},
                             "training": {"output_dir": "out"}, "model": {"family": "llava"}})
-    with pytest.raises(ConfigError, match=r"run.yaml: data.group_by_record applies to the vl_bart family \(a llava"):
-        check_paths(cfg, "run.yaml")
+    with pytest.raises(ConfigError, match=r"run.yaml: data.group_by_record: the llava family does not read it "
+                                          r"\(read by: vl_bart\)"):
+        check_paths(cfg, source="run.yaml")
 
 
 def test_overrides_parse_yaml_scalars_and_lists():

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from vlft.adapters.towers import adaptable_layers, multihead_attention_parts, tower_method, tower_prefix
-from vlft.config import load_config
+from vlft.runs import load_run_config
 
 ANALYZED_TOWERS = ("language", "vision")
 
@@ -74,7 +74,7 @@ def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 def merged_weights(run_dir: Path, cfg, weights_dir: Path, layers: list[str] | None, pattern: str | None):
     """Weights of the analysed layers with the checkpoint's adapters merged; also the layer list."""
-    from vlft.eval.run_eval import load_trained, with_adapters_merged
+    from vlft.runs import load_trained, with_adapters_merged
 
     bundle = load_trained(run_dir, cfg, weights_dir=weights_dir)
     model, _ = with_adapters_merged(bundle.model)
@@ -83,8 +83,8 @@ def merged_weights(run_dir: Path, cfg, weights_dir: Path, layers: list[str] | No
 
 
 def base_weights(run_dir: Path, cfg, layers: list[str]) -> dict[str, torch.Tensor]:
-    from vlft.eval.run_eval import base_checkpoint
     from vlft.models import get_family
+    from vlft.runs import base_checkpoint
 
     model = get_family(cfg.model.family).load(cfg.model, base_checkpoint(run_dir, cfg)).model
     return {n: model.get_submodule(n).weight.detach().clone() for n in layers}
@@ -107,7 +107,7 @@ def analyze_run(run_dir: str | Path, pattern: str | None = None) -> RunAnalysis:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir}: not a finished vlft run (no config.yaml)")
-    cfg = load_config(run_dir / "config.yaml", ["adapters.dora_impl=peft"])
+    cfg = load_run_config(run_dir / "config.yaml", ["adapters.dora_impl=peft"])
     saved = checkpoints(run_dir)
     if not saved:
         raise FileNotFoundError(f"{run_dir}: no checkpoint-N directories and no final weights to analyse")

@@ -11,9 +11,11 @@ from pathlib import Path
 from vlft.config import ConfigError, explain, load_config
 from vlft.data.records import DataError
 from vlft.eval.score import ScoreError
+from vlft.eval.vqa import DEFAULT_PROTOCOL, PROTOCOLS
 from vlft.models.base import ModelLoadError
+from vlft.sweep import SweepRunFailed
 from vlft.train.checkpoints import UnsafeCheckpoint
-from vlft.train.errors import NodesDisagree, NonFiniteLoss, SweepRunFailed
+from vlft.train.errors import NodesDisagree, NonFiniteLoss
 
 # Errors about the user's files and settings: one line, exit status 2, no traceback.
 USER_ERRORS = (DataError, ModelLoadError, ScoreError, FileNotFoundError, FileExistsError, UnsafeCheckpoint,
@@ -25,7 +27,7 @@ def _train(args) -> int:
     if not args.dry_run:
         from vlft.train.preflight import check_paths
 
-        check_paths(cfg, source=args.config)  # before anything heavy is imported or built
+        check_paths(cfg, source=args.config)  # before the model is built
     if args.dry_run:
         from vlft.train.dry_run import dry_run
 
@@ -38,8 +40,8 @@ def _train(args) -> int:
 
 
 def _validate(args) -> int:
-    from vlft.data.validate import validate_data
     from vlft.train.preflight import check_paths
+    from vlft.train.validate import validate_data
 
     cfg = load_config(args.config, args.overrides)
     check_paths(cfg, source=args.config)
@@ -129,7 +131,7 @@ def _score(args) -> int:
     if args.benchmark == "vqav2":
         from vlft.eval.score import score_vqav2
 
-        report = score_vqav2(args.questions, args.annotations, args.results)
+        report = score_vqav2(args.questions, args.annotations, args.results, protocol=args.protocol)
     elif args.benchmark == "gqa":
         from vlft.eval.gqa import score_gqa
 
@@ -220,12 +222,29 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--no-analyze", action="store_true", help="skip the weight-decomposition analysis")
     sweep.set_defaults(func=_sweep)
 
+    _add_score_parsers(sub)
+
+    config = sub.add_parser("config", help="describe config keys")
+    config_sub = config.add_subparsers(dest="action", required=True)
+    explain_parser = config_sub.add_parser("explain", help="every key with its type, default and meaning")
+    explain_parser.add_argument("config", nargs="?", help="also show the value this config gives each key")
+    explain_parser.set_defaults(func=_explain)
+    return parser
+
+
+def _add_score_parsers(sub) -> None:
+    """`vlft score vqav2 | gqa | coco-caption`: result files of any tool, in the official formats."""
     score = sub.add_parser("score", help="score result files in official formats")
     score_sub = score.add_subparsers(dest="benchmark", required=True)
     vqa = score_sub.add_parser("vqav2", help="official VQAv2 accuracy")
     vqa.add_argument("--questions", required=True, help="v2_OpenEnded_mscoco_*_questions.json")
     vqa.add_argument("--annotations", required=True, help="v2_mscoco_*_annotations.json")
     vqa.add_argument("--results", required=True, help="JSON list of {question_id, answer}")
+    vqa.add_argument("--protocol", choices=PROTOCOLS, default=DEFAULT_PROTOCOL,
+                     help="which official answer processing: 2016 (vqaEval.py until March 2021, normalises the "
+                          "prediction always, human answers by punctuation only) or 2021 (master since a013f00, "
+                          "normalises both, only when the human answers disagree); default %(default)s, "
+                          "named in the output JSON")
     vqa.set_defaults(func=_score)
     gqa = score_sub.add_parser("gqa", help="GQA accuracy (official, over balanced questions)")
     gqa.add_argument("--questions", required=True, help="e.g. testdev_balanced_questions.json")
@@ -236,13 +255,6 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "id, caption}]}")
     caption.add_argument("--results", required=True, help="JSON list of {image_id, caption}")
     caption.set_defaults(func=_score)
-
-    config = sub.add_parser("config", help="describe config keys")
-    config_sub = config.add_subparsers(dest="action", required=True)
-    explain_parser = config_sub.add_parser("explain", help="every key with its type, default and meaning")
-    explain_parser.add_argument("config", nargs="?", help="also show the value this config gives each key")
-    explain_parser.set_defaults(func=_explain)
-    return parser
 
 
 def _serving_parser(sub, name: str, help_text: str, func) -> argparse.ArgumentParser:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from vlft.markdown import markdown_table
+
 TOWERS = ("language", "vision", "projector")
 
 
@@ -38,21 +40,6 @@ def run_row(run_dir: str | Path) -> dict:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and "runtime" not in key:
             row[key.removeprefix("eval_")] = value
     return row
-
-
-def _cell(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def markdown_table(rows: list[dict]) -> str:
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def compare_runs(run_dirs: list[str]) -> str:

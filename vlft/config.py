@@ -61,8 +61,8 @@ class QuantizationConfig:
 
 @dataclass
 class ModelConfig:
-    family: Literal["llava", "vl_bart", "vit"] = _help(
-        "Model family: llava (decoder-only VQA), vl_bart (BART + CLIP encoder), vit (image classification).", "llava")
+    family: str = _help("Model family, a name registered in vlft.models.FAMILIES: llava (decoder-only VQA), "
+                        "vl_bart (BART + CLIP encoder), vit (image classification).", "llava")
     name_or_path: str = _help("Hub name, local checkpoint directory, or `tiny` (a small model built offline).", "tiny")
     dtype: Literal["float32", "bfloat16", "float16"] = _help("Weights dtype at load time.", "float32")
     gradient_checkpointing: bool = _help("Recompute activations in backward to save memory.", False)
@@ -225,8 +225,6 @@ class EvalConfig:
     max_samples: int | None = _help("Evaluate on the first N eval records (null: all).", None)
     batch_size: int = _help("Prompts per generation batch per process.", 32)
     max_new_tokens: int = _help("Greedy generation length.", 16)
-    metric: Literal["vqa", "top1"] | None = _help(
-        "Metric; null: the family's (llava: vqa, the official VQAv2 accuracy; vit: top1 accuracy).", None)
     at_end: bool = _help("Evaluate once training ends.", True)
 
 
@@ -370,16 +368,20 @@ def config_from_dict(raw: dict, overrides: list[str] | tuple = (), source: str =
     return _build(RunConfig, raw, "", source)
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple = ()) -> RunConfig:
-    """Read a YAML config with the safe loader, apply ``key=value`` overrides, validate every key."""
+def read_yaml(path: str | Path) -> dict:
+    """A YAML config file as a dict, read with the safe loader (no tag can run code)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    return config_from_dict(raw, overrides, source=str(path))
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple = ()) -> RunConfig:
+    """Read a YAML config with the safe loader, apply ``key=value`` overrides, validate every key."""
+    return config_from_dict(read_yaml(path), overrides, source=str(path))
 
 
 def config_to_dict(cfg: Any) -> dict:

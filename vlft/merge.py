@@ -11,8 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
-from vlft.config import load_config
 from vlft.models import get_family
+from vlft.runs import load_run_config
 
 MERGE_INFO = "vlft_merge.json"  # what was merged, from which run
 # The run's config beside the merged weights: `vlft predict | chat | demo` read its prompt, image and video
@@ -22,7 +22,7 @@ RUN_CONFIG = "vlft_config.yaml"
 
 def merge_run(run_dir: str | Path, out_dir: str | Path) -> dict:
     """Write the merged model of ``run_dir`` into ``out_dir``; return what was done."""
-    from vlft.eval.run_eval import load_trained, with_adapters_merged
+    from vlft.runs import load_trained, with_adapters_merged
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     config_path = run_dir / "config.yaml"
@@ -30,7 +30,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path) -> dict:
         raise FileNotFoundError(f"{run_dir}: not a finished vlft run (no config.yaml)")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; give a new directory")
-    cfg = load_config(config_path, ["adapters.dora_impl=peft"])  # the merge is peft's own code
+    cfg = load_run_config(config_path, ["adapters.dora_impl=peft"])  # the merge is peft's own code
     bundle = load_trained(run_dir, cfg)
     model, adapters = with_adapters_merged(bundle.model)
     staging = out_dir.with_name(out_dir.name + ".partial")

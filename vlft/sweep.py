@@ -21,10 +21,14 @@ from pathlib import Path
 
 from vlft.compare import run_row
 from vlft.config import RunConfig, load_config
-from vlft.train.errors import SweepRunFailed
+from vlft.markdown import markdown_table
 
 ADAPTED_TOWERS = ("language", "vision")
 MAIN_METRICS = ("vqa_accuracy", "top1_accuracy", "caption_CIDEr")
+
+
+class SweepRunFailed(RuntimeError):
+    """One run of `vlft sweep` exited with an error; the message names it."""
 
 
 @dataclass
@@ -108,17 +112,11 @@ def summarize(rows: list[dict]) -> list[dict]:
     return summary
 
 
-def markdown(summary: list[dict]) -> str:
-    columns = list(dict.fromkeys(k for entry in summary for k in entry))
-
-    def cell(value) -> str:
-        if isinstance(value, tuple):
-            return f"{value[0]:.4g} ± {value[1]:.2g}"
-        return "-" if value is None else str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(cell(e.get(c)) for c in columns) + " |" for e in summary]
-    return "\n".join(lines)
+def mean_std_cell(value) -> str:
+    """A (mean, std) pair of the summary as "mean ± std"; a seed count or a name as it is."""
+    if isinstance(value, tuple):
+        return f"{value[0]:.4g} ± {value[1]:.2g}"
+    return "-" if value is None else str(value)
 
 
 def plot(summary: list[dict], metric: str, path: Path, title: str) -> None:
@@ -180,7 +178,7 @@ def run_sweep(config: str, user_overrides: list[str] = (), launcher: list[str] =
         writer.writeheader()
         writer.writerows(rows)
     summary = summarize(rows)
-    (out_dir / "sweep.md").write_text(markdown(summary) + "\n")
+    (out_dir / "sweep.md").write_text(markdown_table(summary, mean_std_cell) + "\n")
     paths = {"csv": out_dir / "sweep.csv", "md": out_dir / "sweep.md"}
     metric = main_metric(rows[0])
     if metric:

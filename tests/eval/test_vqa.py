@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from vlft.eval.score import ScoreError, score_vqav2
-from vlft.eval.vqa import normalize_prediction, normalize_punctuation, vqa_accuracy
+from vlft.eval.vqa import normalize_prediction, normalize_punctuation, vqa_accuracy, vqa_accuracy_official
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -64,6 +64,37 @@ def test_single_reference_is_normalised_exact_match():
     assert vqa_accuracy("square", ["circle"]) == 0.0
 
 
+# Corner cases where the two versions of the official tool disagree, with each one's accuracy worked out
+# by hand: (prediction, ten human answers, 2016 accuracy, 2021 accuracy).
+PROTOCOL_CASES = [
+    # all agree: 2016 lowercases the prediction only; 2021 compares the raw strings
+    ("Yes", ["yes"] * 10, 1.0, 0.0),
+    # all agree: 2016 turns the prediction into "2" but leaves "two"; 2021 touches neither
+    ("two", ["two"] * 10, 0.0, 1.0),
+    # disagree: 2016 finds the one "2" (leaving it out: 0, else 1/3 -> 9/30); 2021 maps "two" to "2" (4 of them)
+    ("2", ["two"] * 3 + ["2"] + ["no"] * 6, 0.3, 1.0),
+    # disagree: only 2021 drops the article from the human answers
+    ("dog", ["the dog"] * 4 + ["cat"] * 6, 0.0, 1.0),
+    # all agree: 2016 turns "/" into a space in the prediction only
+    ("red/blue", ["red/blue"] * 10, 0.0, 1.0),
+    # only 2021 strips white space from human answers
+    ("yes", ["yes "] * 8 + ["no"] * 2, 0.0, 1.0),
+    # plain disagreement: both agree on 7 * 1 + 3 * 2/3
+    ("no", ["yes"] * 7 + ["no"] * 3, 0.9, 0.9),
+]
+
+
+@pytest.mark.parametrize("prediction, answers, acc_2016, acc_2021", PROTOCOL_CASES)
+def test_each_protocol_matches_hand_computation(prediction, answers, acc_2016, acc_2021):
+    assert vqa_accuracy_official(prediction, answers, "2016") == pytest.approx(acc_2016)
+    assert vqa_accuracy_official(prediction, answers, "2021") == pytest.approx(acc_2021)
+
+
+def test_unknown_protocol_is_rejected():
+    with pytest.raises(ValueError, match="unknown VQAv2 protocol '2019'; choose one of 2016, 2021"):
+        vqa_accuracy_official("yes", ["yes"] * 10, "2019")
+
+
 def write_official_files(tmp_path, answers_by_q, predictions):
     questions = {"questions": [{"question_id": q, "image_id": 1, "question": "?"} for q in answers_by_q]}
     annotations = {"annotations": [
@@ -97,7 +128,21 @@ def test_score_cli_prints_one_json_object(tmp_path):
     out = subprocess.run([sys.executable, "-m", "vlft.cli", "score", "vqav2", "--questions", q,
                           "--annotations", a, "--results", r], capture_output=True, text=True, check=True)
     report = json.loads(out.stdout)
-    assert report["overall"] == 100.0 and set(report) == {"overall", "perAnswerType", "perQuestionType"}
+    assert report["overall"] == 100.0 and report["protocol"] == "2016"
+    assert set(report) == {"overall", "perAnswerType", "perQuestionType", "protocol"}
+
+
+@pytest.mark.parametrize("protocol, overall", [("2016", 31.43), ("2021", 84.29)])
+def test_score_cli_protocol_choice_changes_the_overall(tmp_path, protocol, overall):
+    answers = {i: ("what", "other", case[1]) for i, case in enumerate(PROTOCOL_CASES)}
+    predictions = {i: case[0] for i, case in enumerate(PROTOCOL_CASES)}
+    q, a, r = write_official_files(tmp_path, answers, predictions)
+    out = subprocess.run([sys.executable, "-m", "vlft.cli", "score", "vqav2", "--questions", q, "--annotations", a,
+                          "--results", r, "--protocol", protocol], capture_output=True, text=True, check=True)
+    report = json.loads(out.stdout)
+    # 2016: (1 + 0.3 + 0.9) / 7; 2021: (1 * 5 + 0.9) / 7
+    assert report == {"overall": overall, "perAnswerType": {"other": overall},
+                      "perQuestionType": {"what": overall}, "protocol": protocol}
 
 
 def test_results_missing_a_question_are_rejected(tmp_path):

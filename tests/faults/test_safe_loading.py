@@ -39,7 +39,9 @@ def test_model_family_is_a_closed_list_not_an_import_path(tmp_path, capsys):
     cfg["model"]["family"] = "os.system"
     path.write_text(yaml.safe_dump(cfg))
     assert main(["train", str(path)]) == 2
-    assert "'model.family' must be one of ['llava', 'vl_bart', 'vit'], got 'os.system'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "config error: model.family: unknown model family 'os.system'; known: llava, vit, vl_bart" in err
+    assert "Traceback" not in err
 
 
 def write_checkpoint(directory: Path, poisoned: str | None, marker: Path) -> Path:

@@ -81,7 +81,11 @@ def test_sigkill_then_resume_under_zero2_ends_with_the_uninterrupted_weights(sha
     full = launch(config(shapes_data, tmp_path, "full", zero2=True), zero2=True)
     assert full.returncode == 0, full.stderr[-3000:]
     cfg = config(shapes_data, tmp_path, "killed", zero2=True)
-    assert launch(cfg, "kill_step:5", zero2=True).returncode != 0
+    killed = launch(cfg, "kill_step:5", zero2=True)
+    # the launcher exits with the rank's own status; any other failure (a crash, a port clash) is not this test
+    assert killed.returncode in SIGKILLED, killed.stderr[-3000:]
+    assert "exits with return code = -9" in killed.stdout + killed.stderr
+    assert sorted(p.name for p in (tmp_path / "killed").glob("checkpoint-*"))[-1] == "checkpoint-4"
     resumed = launch(cfg, zero2=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {tmp_path / 'killed' / 'checkpoint-4'}" in resumed.stdout

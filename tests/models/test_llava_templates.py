@@ -26,7 +26,7 @@ from transformers import (
 
 from vlft.data.conversation import IGNORE_INDEX, to_messages
 from vlft.data.dataset import expand_markers, token_spec
-from vlft.models.base import ModelBundle
+from vlft.models.base import ConversationBundle
 from vlft.models.llava import template_of
 from vlft.models.llava_visual import LlavaVisual
 
@@ -142,9 +142,9 @@ def test_input_ids_labels_and_prompt_are_the_checkpoints_own(kind, tokenizer_fix
     processor, config = checkpoint(kind, tokenizer)
     visual = LlavaVisual(processor, config)
     template = template_of(processor, visual)
-    bundle = ModelBundle(model=None, tokenizer=tokenizer, image_processor=None, template=template,
-                         num_image_tokens=0, image_token_id=visual.image_token_id, towers={}, base_path="",
-                         extra={"visual": visual})
+    bundle = ConversationBundle(model=None, tokenizer=tokenizer, image_processor=None, template=template,
+                               num_image_tokens=0, image_token_id=visual.image_token_id, towers={}, base_path="",
+                               extra={"visual": visual})
     spec, image = token_spec(bundle), Image.new("RGB", (48, 40), "white")  # not square: any-resolution tiles
     tokens = visual.image(image)[1]
 

@@ -200,8 +200,8 @@ def test_pre_extracted_features_give_the_logits_of_the_vision_tower(tmp_path, sh
 
     from vlft.data.seq2seq import QuestionAnswerDataset, Seq2SeqCollator
     from vlft.models import vl_bart as family
+    from vlft.models.tiny import model_path
     from vlft.train.preflight import check_paths
-    from vlft.train.run import model_path
 
     cfg_dict = tiny_config_dict(shapes_data, tmp_path / "run")
     cfg_dict["model"] = {"family": "vl_bart", "name_or_path": "tiny", "tiny": vars(TINY)}
@@ -216,7 +216,7 @@ def test_pre_extracted_features_give_the_logits_of_the_vision_tower(tmp_path, sh
 
     cfg = config_from_dict({**cfg_dict, "data": {**cfg_dict["data"], "features": str(features)}})
     check_paths(cfg)
-    bundle = family.load_for_run(cfg, model_path(cfg))
+    bundle = family.load_for_run(cfg, model_path(cfg, family))
     from_store = family.train_dataset(cfg, bundle)
     from_images = QuestionAnswerDataset(cfg.data.train, bundle, cfg.data.image_folder, cfg.data.max_length)
     collate = Seq2SeqCollator(bundle.tokenizer.pad_token_id)

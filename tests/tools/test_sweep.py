@@ -1,6 +1,8 @@
 """`vlft sweep`: the grid it plans, its mean ± std table, and a restart that skips finished runs."""
 
 import csv
+import json
+import math
 
 import pytest
 import yaml
@@ -40,7 +42,12 @@ def test_restarted_sweep_skips_finished_runs(tmp_path, shapes_data, capsys):
     paths = run_sweep(str(config))
     rows = list(csv.DictReader(paths["csv"].open()))
     assert [(r["run"], r["method"], r["rank"]) for r in rows] == [("full-s7", "full", ""), ("dora-r2-s7", "dora", "2")]
-    assert all(float(r["vqa_accuracy"]) >= 0 and r["decomposition_slope"] for r in rows)
+    for row in rows:  # each row carries its run's own eval accuracy and analysed slope, not a placeholder
+        run_dir = tmp_path / "sweep" / row["run"]
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        slope = json.loads((run_dir / "weight_decomposition.json").read_text())["slope"]
+        assert float(row["vqa_accuracy"]) == metrics["eval"]["eval_vqa_accuracy"]
+        assert math.isfinite(slope) and float(row["decomposition_slope"]) == pytest.approx(slope)
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
     assert "| full | - | 1 |" in paths["md"].read_text()
 

@@ -7,8 +7,10 @@ import pytest
 
 from tests.conftest import REPO, tiny_config_dict
 from vlft.config import ConfigError, config_from_dict
+from vlft.models import get_family
+from vlft.models.tiny import BUILT_MARKER, build_tiny_base, tiny_base_dir
 from vlft.train.nodes import checkpoint_step, output_dir_is_shared, resume_disagreement
-from vlft.train.run import BUILT_MARKER, build_tiny_base, build_training_arguments, tiny_base_dir
+from vlft.train.run import build_training_arguments
 
 
 def test_nodes_resuming_from_the_same_step_or_all_afresh_agree():
@@ -58,10 +60,10 @@ def test_tiny_base_model_is_renamed_into_place_whole_and_a_second_build_leaves_t
     base = tiny_base_dir(cfg)
     base.mkdir(parents=True)
     (base / "config.json").write_text("{}")  # cut short by an older vlft: no marker
-    build_tiny_base(cfg, base)
+    build_tiny_base(cfg, get_family("llava"), base)
     assert (base / BUILT_MARKER).is_file() and json.loads((base / "config.json").read_text())["model_type"]
     first = (base / "model.safetensors").stat().st_mtime_ns
-    build_tiny_base(cfg, base)  # as a second node sharing output_dir would: the first rename won
+    build_tiny_base(cfg, get_family("llava"), base)  # as a second node sharing output_dir would: the first rename won
     assert (base / "model.safetensors").stat().st_mtime_ns == first
     assert [p.name for p in base.parent.iterdir()] == ["base_model"]
 

@@ -25,6 +25,8 @@ from vlft.data.skips import SkipLog
 from vlft.data.sources import as_sources
 from vlft.data.video import read_frames
 
+TOKENS = datasets.List(datasets.Value("int32"))  # the column type of token ids in a prepared dataset
+
 BASE_FEATURES = {"record": datasets.Value("string"), "where": datasets.Value("string")}
 
 

@@ -31,6 +31,7 @@ from datasets.arrow_writer import ArrowWriter
 
 from vlft.data.records import DataError
 from vlft.data.sources import Source, iter_raw, parse_line, source_state
+from vlft.ranks import distributed, is_node_main, log_main
 
 FORMAT_VERSION = 1  # of the stored rows; bump when their layout or meaning changes
 META, SKIPS, ROWS = "meta.json", "skips.json", "data.arrow"
@@ -56,11 +57,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256((body + extra).encode()).hexdigest()[:20]
 
 
-def log_main(message: str) -> None:
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(message, flush=True)
-
-
 def dataset_options(cfg) -> dict:
     """The dataset arguments every family takes from a run config."""
     return {"video": cfg.data.video, "cache_dir": cfg.data.cache_dir, "seed": cfg.training.seed, "log": log_main}
@@ -78,14 +74,13 @@ class Prepared:
 def local_main_first():
     """The first local rank runs the block first while the node's other ranks wait (they then find its
     result); an error there still releases them, and they meet the same error themselves."""
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    first = int(os.environ.get("LOCAL_RANK", "0")) == 0
-    if distributed and not first:
+    several, first = distributed(), is_node_main()
+    if several and not first:
         dist.barrier()
     try:
         yield
     finally:
-        if distributed and first:
+        if several and first:
             dist.barrier()
 
 

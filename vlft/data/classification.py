@@ -9,7 +9,7 @@ import torch
 
 from vlft.data.base import PreparedDataset
 from vlft.data.cache import read_encoded
-from vlft.data.dataset import split_skipped
+from vlft.data.collate import split_skipped
 from vlft.data.records import DataError
 from vlft.data.sources import as_sources
 from vlft.models.base import ModelBundle

@@ -15,16 +15,15 @@ import datasets
 import numpy as np
 import torch
 
-from vlft.data.base import PreparedDataset, image_size, load_image
+from vlft.data.base import TOKENS, PreparedDataset, image_size, load_image
+from vlft.data.collate import pad, split_skipped, with_bookkeeping
 from vlft.data.conversation import IGNORE_INDEX, TokenSpec, truncate
 from vlft.data.records import DataError, image_paths, question_turns, references
 from vlft.data.video import read_frames
-from vlft.models.base import ModelBundle
-
-TOKENS = datasets.List(datasets.Value("int32"))
+from vlft.models.base import ConversationBundle
 
 
-def token_spec(bundle: ModelBundle) -> TokenSpec:
+def token_spec(bundle: ConversationBundle) -> TokenSpec:
     """The token layout of a prepared row: one marker token per image (the image token) or video (the video
     token where the checkpoint's template writes one)."""
     tok, visual = bundle.tokenizer, bundle.extra["visual"]
@@ -51,7 +50,7 @@ class _ConversationRecords(PreparedDataset):
 
     max_images = None  # transformers' LLaVA fills image-token runs in order: any number per record
 
-    def __init__(self, sources, bundle: ModelBundle, image_folder: str, system_prompt: str = "", **kwargs):
+    def __init__(self, sources, bundle: ConversationBundle, image_folder: str, system_prompt: str = "", **kwargs):
         self.template = bundle.template.with_system(system_prompt)
         self.visual = bundle.extra["visual"]
         self.spec = token_spec(bundle)
@@ -91,7 +90,7 @@ class ConversationDataset(_ConversationRecords):
     COLUMNS = {"input_ids": TOKENS, "labels": TOKENS, "length": datasets.Value("int32"),
                "multimodal": datasets.Value("bool")}
 
-    def __init__(self, sources, bundle: ModelBundle, image_folder: str, max_length: int, **kwargs):
+    def __init__(self, sources, bundle: ConversationBundle, image_folder: str, max_length: int, **kwargs):
         self.max_length = max_length
         super().__init__(sources, bundle, image_folder, **kwargs)
 
@@ -147,27 +146,6 @@ class PromptDataset(_ConversationRecords):
                 "references": references(record)}
 
 
-def pad(sequences: list[torch.Tensor], value: int, left: bool = False) -> torch.Tensor:
-    """(B, longest): sequences padded with ``value`` on the right (on the left for generation)."""
-    width = max(len(s) for s in sequences)
-    out = torch.full((len(sequences), width), value, dtype=sequences[0].dtype)
-    for row, seq in enumerate(sequences):
-        if left:
-            out[row, width - len(seq):] = seq
-        else:
-            out[row, :len(seq)] = seq
-    return out
-
-
-def split_skipped(items: list[dict]) -> tuple[list[dict], list[tuple]]:
-    """(examples that loaded, skipped ones) of a batch; raises when nothing in it could be read."""
-    skipped = [it["skipped"] for it in items if "skipped" in it]
-    items = [it for it in items if "skipped" not in it]
-    if not items:
-        raise DataError(f"every example of a batch failed to load, e.g. {skipped[0][2]}", reason=None)
-    return items, skipped
-
-
 def stack_visual(per_item: list[dict]) -> dict[str, torch.Tensor]:
     """The visual inputs of a batch, in token order: each key's tensors concatenated over the examples;
     any-resolution pixel_values (images, tiles, C, H, W) padded to the most tiles (the model reads each image's
@@ -207,9 +185,4 @@ class VisionTextCollator:
         if "labels" in items[0]:
             batch["labels"] = pad([it["labels"] for it in items], IGNORE_INDEX, left)
         batch.update(stack_visual([it["visual"] for it in items if it.get("visual")]))
-        if self.for_generation:
-            batch["index"] = [it["index"] for it in items]
-            batch["references"] = [it["references"] for it in items]
-        if skipped:
-            batch["skipped"] = skipped
-        return batch
+        return with_bookkeeping(batch, items, skipped, self.for_generation)

@@ -17,13 +17,12 @@ import numpy as np
 import torch
 
 from vlft.config import VideoConfig
-from vlft.data.base import PreparedDataset
+from vlft.data.base import TOKENS, PreparedDataset
+from vlft.data.collate import pad, split_skipped, with_bookkeeping
 from vlft.data.conversation import IGNORE_INDEX
-from vlft.data.dataset import TOKENS, pad, split_skipped
 from vlft.data.features import FeatureStore
 from vlft.data.records import IMAGE_PLACEHOLDER, ROLES, VIDEO_PLACEHOLDER, DataError, image_paths, references
 from vlft.models.base import ModelBundle
-from vlft.models.vl_bart_modeling import MAX_IMAGES
 
 TASK_PREFIX = {"vqa": "vqa: ", "gqa": "gqa: ", "nlvr2": "nlvr: ", "caption": "caption: ", "video_qa": "vqa: ",
                "video_mc": "vqa: ", "video_caption": "caption: "}
@@ -44,7 +43,6 @@ def question_answer_pairs(record: dict) -> list[tuple[str, str]]:
 class QuestionAnswerDataset(PreparedDataset):
     """Every (question, answer) pair for training; with ``for_eval`` each record's last question."""
 
-    max_images = MAX_IMAGES
     COLUMNS = {"sources": datasets.List(TOKENS), "targets": datasets.List(TOKENS),
                "num_pairs": datasets.Value("int32")}
 
@@ -53,6 +51,7 @@ class QuestionAnswerDataset(PreparedDataset):
                  features: FeatureStore | None = None, video: VideoConfig | None = None,
                  group_by_record: bool = False, **kwargs):
         self.store = features  # pre-extracted visual features instead of images
+        self.max_images = bundle.extra["max_images"]  # the model's image-position embeddings
         self.max_length, self.for_eval, self.grouped = max_length, for_eval, group_by_record and not for_eval
         super().__init__(sources, bundle, image_folder, max_samples, on_error, video, **kwargs)
         self.examples = self._examples()
@@ -182,9 +181,4 @@ class Seq2SeqCollator:
             batch["visual_index"] = torch.tensor([n for n, _ in rows])
         if "labels" in items[0]:
             batch["labels"] = pad([label for it in items for label in _as_list(it["labels"])], IGNORE_INDEX)
-        if self.for_generation:
-            batch["index"] = [it["index"] for it in items]
-            batch["references"] = [it["references"] for it in items]
-        if skipped:
-            batch["skipped"] = skipped
-        return batch
+        return with_bookkeeping(batch, items, skipped, self.for_generation)

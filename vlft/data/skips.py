@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch.distributed as dist
 
+from vlft.ranks import distributed
+
 REASONS = ("malformed_record", "image_count_mismatch", "missing_image", "corrupt_image", "too_long",
            "missing_video", "corrupt_video", "empty_video", "too_short_video")
 
@@ -29,7 +31,7 @@ class SkipLog:
 
     def gathered(self) -> SkipLog:
         """The union over the ranks of a distributed run (each rank skips in its own shard)."""
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if not distributed():
             return self
         parts: list[dict] = [None] * dist.get_world_size()
         dist.all_gather_object(parts, self.records)

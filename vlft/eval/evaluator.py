@@ -7,8 +7,26 @@ from pathlib import Path
 
 from vlft.config import RunConfig
 from vlft.data.records import DataError, references
+from vlft.eval.classification import evaluate_classification
 from vlft.eval.generate import generate_answers
 from vlft.eval.tasks import score_by_task
+from vlft.models.contract import AnswersInText, ClassifiesImages
+
+
+def evaluate_model(family, model, bundle, cfg: RunConfig, device="cpu", synced_gpus: bool = False,
+                   predictions_path: str | Path | None = None) -> dict:
+    """The evaluation of ``cfg.data.eval`` that suits the family: generation scored by task, or top-1 accuracy.
+    ``family``: a vlft.models.contract.ModelFamily that AnswersInText or ClassifiesImages."""
+    dataset = family.eval_dataset(cfg, bundle)
+    if isinstance(family, AnswersInText):
+        return evaluate_vqa(model, dataset, cfg, device=device, synced_gpus=synced_gpus,
+                            predictions_path=predictions_path, **family.generation_options(model, bundle))
+    if isinstance(family, ClassifiesImages):
+        # synced_gpus is for generation loops; one forward per batch stays in step under ZeRO-3 because every
+        # rank runs the same number of batches (vlft.eval.shard)
+        return evaluate_classification(model, dataset, family.label_names(bundle), cfg.eval.batch_size,
+                                       device=device, predictions_path=predictions_path)
+    raise TypeError(f"{family.__name__} neither answers in text nor classifies images (vlft.models.contract)")
 
 
 def evaluate_vqa(model, dataset, cfg: RunConfig, device="cpu", synced_gpus: bool = False,

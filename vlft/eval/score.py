@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vlft.eval.vqa import score_official
+from vlft.eval.vqa import DEFAULT_PROTOCOL, score_official
 
 
 class ScoreError(ValueError):
@@ -22,8 +22,12 @@ def read_json(path: str | Path, what: str):
         raise ScoreError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
 
 
-def score_vqav2(questions_path: str, annotations_path: str, results_path: str) -> dict:
-    """The official VQAv2 report for results covering exactly the annotated questions."""
+def score_vqav2(questions_path: str, annotations_path: str, results_path: str,
+                protocol: str = DEFAULT_PROTOCOL) -> dict:
+    """The official VQAv2 report for results covering exactly the annotated questions.
+
+    ``protocol``: which version of the official answer processing to follow (see `vlft.eval.vqa`).
+    """
     questions = read_json(questions_path, "questions")
     annotations = read_json(annotations_path, "annotations")
     results = read_json(results_path, "results")
@@ -47,4 +51,4 @@ def score_vqav2(questions_path: str, annotations_path: str, results_path: str) -
         raise ScoreError(f"{results_path}: results must answer exactly the annotated questions "
                          f"({len(missing)} missing, e.g. {sorted(missing)[:3]}; {len(extra)} unknown, "
                          f"e.g. {sorted(extra)[:3]})")
-    return score_official(annotations["annotations"], answers)
+    return score_official(annotations["annotations"], answers, protocol=protocol)

@@ -14,14 +14,9 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from vlft.ranks import world
+
 PADDING = -1  # the index a repeated example carries: its result is dropped
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of the run; (0, 1) in one process."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def shard_indices(num_examples: int, rank: int, world_size: int) -> tuple[list[int], int]:

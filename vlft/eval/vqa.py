@@ -1,8 +1,15 @@
 """VQAv2 accuracy exactly as the official evaluation tool (GT-Vision-Lab/VQA, vqaEval.py) computes it.
 
-Quirks kept on purpose, because published numbers depend on them:
-- the prediction always gets punctuation and digit/article/contraction normalisation;
-- the ten human answers get punctuation normalisation only, and only when they disagree;
+The official tool changed its answer processing once, in commit a013f00 ("Fixed processing answers bug",
+March 2021), and numbers published before and after differ. Both are kept, by name:
+
+- ``2016`` (the default, and what vlft has always reported): the prediction always gets punctuation and
+  digit/article/contraction normalisation; the ten human answers get punctuation normalisation only, and
+  only when they disagree.
+- ``2021`` (the official master since a013f00): every answer is first stripped of surrounding white space;
+  when the ten human answers disagree, both sides get full normalisation; when they agree, neither does.
+
+Quirks both keep on purpose, because published numbers depend on them:
 - the period regex has a typo (``(?!<=\\d)`` is a look-ahead, not a look-behind) and is applied
   at most 32 times (``re.UNICODE`` passed as the ``count`` argument);
 - accuracy per question is the mean over the ten leave-one-out subsets of min(#matches / 3, 1).
@@ -59,9 +66,16 @@ def normalize_digits_articles(text: str) -> str:
     return " ".join(CONTRACTIONS.get(w, w) for w in words if w not in ARTICLES)
 
 
+def _clean(text: str) -> str:
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
 def normalize_prediction(answer: str) -> str:
-    answer = answer.replace("\n", " ").replace("\t", " ").strip()
-    return normalize_digits_articles(normalize_punctuation(answer))
+    return normalize_digits_articles(normalize_punctuation(_clean(answer)))
+
+
+PROTOCOLS = ("2016", "2021")
+DEFAULT_PROTOCOL = "2016"
 
 
 def vqa_accuracy(prediction: str, answers: list[str]) -> float:
@@ -83,15 +97,16 @@ def mean_accuracy(predictions: list[str], answer_lists: list[list[str]]) -> floa
     return 100.0 * sum(vqa_accuracy(p, a) for p, a in zip(predictions, answer_lists, strict=True)) / len(predictions)
 
 
-def score_official(annotations: list[dict], results: dict[int, str], ndigits: int = 2) -> dict:
-    """The official tool's report: overall, perAnswerType, perQuestionType, in percent.
+def score_official(annotations: list[dict], results: dict[int, str], ndigits: int = 2,
+                   protocol: str = DEFAULT_PROTOCOL) -> dict:
+    """The official tool's report: overall, perAnswerType, perQuestionType in percent, and the protocol used.
 
     ``annotations``: the `annotations` list of a v2_mscoco_*_annotations.json file.
     ``results``: question_id -> predicted answer, covering exactly those questions.
     """
     per_question, by_qtype, by_atype = [], defaultdict(list), defaultdict(list)
     for ann in annotations:
-        acc = vqa_accuracy_official(results[ann["question_id"]], [a["answer"] for a in ann["answers"]])
+        acc = vqa_accuracy_official(results[ann["question_id"]], [a["answer"] for a in ann["answers"]], protocol)
         per_question.append(acc)
         by_qtype[ann["question_type"]].append(acc)
         by_atype[ann["answer_type"]].append(acc)
@@ -101,12 +116,20 @@ def score_official(annotations: list[dict], results: dict[int, str], ndigits: in
 
     return {"overall": pct(per_question),
             "perAnswerType": {k: pct(v) for k, v in by_atype.items()},
-            "perQuestionType": {k: pct(v) for k, v in by_qtype.items()}}
+            "perQuestionType": {k: pct(v) for k, v in by_qtype.items()},
+            "protocol": protocol}
 
 
-def vqa_accuracy_official(prediction: str, answers: list[str]) -> float:
+def vqa_accuracy_official(prediction: str, answers: list[str], protocol: str = DEFAULT_PROTOCOL) -> float:
     """The leave-one-out rule for any number of answers (no single-reference shortcut)."""
-    pred = normalize_prediction(prediction)
-    gts = [normalize_punctuation(a) for a in answers] if len(set(answers)) > 1 else list(answers)
+    if protocol == "2016":
+        pred = normalize_prediction(prediction)
+        gts = [normalize_punctuation(a) for a in answers] if len(set(answers)) > 1 else list(answers)
+    elif protocol == "2021":
+        pred, gts = _clean(prediction), [_clean(a) for a in answers]
+        if len(set(gts)) > 1:
+            pred, gts = normalize_prediction(pred), [normalize_prediction(a) for a in gts]
+    else:
+        raise ValueError(f"unknown VQAv2 protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     scores = [min(1.0, sum(1 for j, gt in enumerate(gts) if j != i and gt == pred) / 3) for i in range(len(gts))]
     return sum(scores) / len(scores)

@@ -1,11 +1,7 @@
-"""Model families. One module per family; `get_family(name)` is the only way in.
+"""Model families. One module per family, registered by name below; `get_family(name)` is the only way in.
 
-A family module gives: TOWERS (tower -> module-name prefixes); load(model_cfg, path, ...);
-build_tiny(...); and the hooks of a training run: build_tiny_for_run(cfg, out_dir),
-load_for_run(cfg, path, with_model), train_dataset(cfg, bundle, on_error), eval_dataset(cfg, bundle, on_error),
-collator(bundle) and evaluate(model, bundle, cfg, device, synced_gpus, predictions_path) -> metrics. A family that
-answers in text also gives generation_options(model, bundle): the collate_fn / model_inputs with which
-vlft.eval.generate.generate_answers feeds its batches to `generate` (evaluation and vlft.serve share them).
+What a family module gives is written down in vlft/models/contract.py (`ModelFamily` and the optional abilities);
+tests/models/test_contract.py checks every registered family against it.
 """
 
 from __future__ import annotations
@@ -13,17 +9,25 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from vlft.config import ConfigError
 from vlft.models.base import ModelBundle, ModelLoadError
 
-# Imported on first use: a family module pulls in transformers, which `vlft score` does not need.
+# Imported on first use: a family module pulls in transformers, which `vlft score` does not need. A closed table
+# of module paths, so that a config can never name an arbitrary module to import.
 FAMILIES: dict[str, str] = {"llava": "vlft.models.llava", "vl_bart": "vlft.models.vl_bart",
                              "vit": "vlft.models.vit"}
 
 
-def get_family(name: str) -> ModuleType:
+def family_module(name: str) -> str:
+    """The module path registered as ``name``, without importing it."""
     if name not in FAMILIES:
-        raise ValueError(f"unknown model family '{name}'; known: {', '.join(sorted(FAMILIES))}")
-    return importlib.import_module(FAMILIES[name])
+        raise ConfigError(f"model.family: unknown model family '{name}'; known: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[name]
 
 
-__all__ = ["FAMILIES", "ModelBundle", "ModelLoadError", "get_family"]
+def get_family(name: str) -> ModuleType:
+    """The family module registered as ``name`` (a vlft.models.contract.ModelFamily)."""
+    return importlib.import_module(family_module(name))
+
+
+__all__ = ["FAMILIES", "ModelBundle", "ModelLoadError", "family_module", "get_family"]

@@ -34,7 +34,7 @@ from transformers import (
 from vlft.config import ConfigError, ModelConfig, RunConfig
 from vlft.data.chat_template import CheckpointTemplate
 from vlft.data.template import LLAVA_V1
-from vlft.models.base import ModelBundle, ModelLoadError
+from vlft.models.base import ConversationBundle, ModelBundle, ModelLoadError
 from vlft.models.llava_steps import generation_inputs, keep_vision_in_step
 from vlft.models.llava_tiny import build_tiny
 from vlft.models.llava_visual import LlavaVisual
@@ -158,7 +158,7 @@ def load(model_cfg: ModelConfig, path: str, with_model: bool = True) -> ModelBun
     visual = LlavaVisual(processor, config)
     if model is not None:
         keep_vision_in_step(model, visual)
-    return ModelBundle(
+    return ConversationBundle(
         model=model, tokenizer=tokenizer, image_processor=processor.image_processor,
         template=template_of(processor, visual), num_image_tokens=num_image_tokens(config),
         image_token_id=visual.image_token_id, towers=TOWERS, base_path=str(path),
@@ -183,7 +183,10 @@ def build_on_meta(config):
         return ARCHITECTURES[config.model_type][1](config)
 
 
-# The hooks every family gives the training loop (see vlft/models/__init__.py).
+# The hooks every family gives (vlft.models.contract).
+MODEL_FILES = ("config.json",)
+DATA_OPTIONS: frozenset[str] = frozenset()
+
 
 def training_texts(cfg: RunConfig) -> list[str]:
     """Every turn of the good training records: the tiny model's word-level vocabulary comes from them."""
@@ -236,14 +239,6 @@ def generation_options(model, bundle: ModelBundle) -> dict:
     """How generate_answers feeds this family's eval batches to ``model.generate`` (also used by `vlft predict`,
     `chat` and `demo`, so that their answers are the evaluation's): through `generation_inputs`."""
     return {"model_inputs": partial(generation_inputs, model, bundle.extra["visual"])}
-
-
-def evaluate(model, bundle: ModelBundle, cfg: RunConfig, device="cpu", synced_gpus: bool = False,
-             predictions_path=None) -> dict:
-    from vlft.eval.evaluator import evaluate_vqa
-
-    return evaluate_vqa(model, eval_dataset(cfg, bundle), cfg, device=device, synced_gpus=synced_gpus,
-                        predictions_path=predictions_path, **generation_options(model, bundle))
 
 
 def export_merged(model, bundle: ModelBundle, out_dir: str | Path) -> None:

@@ -14,14 +14,10 @@ import torch
 from transformers import LlavaModel, LlavaNextModel, LlavaNextVideoModel, LlavaOnevisionModel
 
 from vlft.models.llava_visual import LlavaVisual
+from vlft.ranks import distributed
 
 LLAVA_MODELS = (LlavaModel, LlavaNextModel, LlavaOnevisionModel, LlavaNextVideoModel)
 IMAGE_KEYS, VIDEO_KEYS = ("pixel_values", "image_sizes"), ("pixel_values_videos",)
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and (
-        torch.distributed.get_world_size() > 1)
 
 
 def llava_model(model) -> torch.nn.Module:
@@ -70,7 +66,7 @@ def generation_inputs(model, visual: LlavaVisual, batch: dict) -> dict:
             values = features(inner, batch).to(embeds.dtype)
             slots = (input_ids == token_id).unsqueeze(-1).expand_as(embeds)
             embeds, seen = embeds.masked_scatter(slots, values), True
-    if not seen and _distributed():
+    if not seen and distributed():
         embeds = embeds + unused_blank_image(inner, visual, embeds)
     return {"inputs_embeds": embeds, "attention_mask": batch["attention_mask"]}
 
@@ -88,7 +84,7 @@ def keep_vision_in_step(model, visual: LlavaVisual) -> None:
 
     def blank_image(module, args, kwargs):
         if (inner._vlft_saw_visual or not torch.is_grad_enabled() or kwargs.get("inputs_embeds") is None
-                or not _distributed()):
+                or not distributed()):
             return None
         embeds = kwargs["inputs_embeds"]
         return args, {**kwargs, "inputs_embeds": embeds + unused_blank_image(inner, visual, embeds)}

@@ -43,12 +43,12 @@ from transformers import (
     Qwen2Config,
     SiglipVisionConfig,
 )
+from transformers.image_utils import OPENAI_CLIP_MEAN as CLIP_MEAN
+from transformers.image_utils import OPENAI_CLIP_STD as CLIP_STD
 
 from vlft.config import TinyModelConfig
 from vlft.models.tokenizer import IMAGE_TOKEN, VIDEO_TOKEN, build_word_tokenizer
 
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 ARCHITECTURES = ("llava", "llava_next", "llava_onevision", "llava_next_video")
 
 # Chat templates of the tiny builds, in the style of the checkpoints named above. Images first, then text.

@@ -29,6 +29,8 @@ from vlft.models.base import ModelBundle, ModelLoadError
 
 TOWERS = {"vision": ("encoder",), "head": ("head",)}
 TINY_ARCHITECTURE = "vit_tiny_patch16_224"
+MODEL_FILES = ("config.json",)
+DATA_OPTIONS: frozenset[str] = frozenset()
 
 
 class ImageClassifier(nn.Module):
@@ -74,8 +76,7 @@ def _data_config(encoder: nn.Module, image_size: int | None) -> dict:
 
 def _bundle(model: ImageClassifier, labels: list[str], data_config: dict, path: str) -> ModelBundle:
     return ModelBundle(model=model, tokenizer=None, image_processor=TimmImageProcessor(data_config),
-                       template=None, num_image_tokens=0, image_token_id=-1, towers=TOWERS, base_path=path,
-                       extra={"labels": labels})
+                       towers=TOWERS, base_path=path, extra={"labels": labels})
 
 
 def _from_timm_export(directory: Path) -> tuple[ImageClassifier, list[str], dict]:
@@ -149,7 +150,7 @@ def training_labels(cfg: RunConfig) -> list[str]:
     return label_set(cfg.data.train)
 
 
-# The hooks every family gives the training loop (see vlft/models/__init__.py).
+# The hooks every family gives (vlft.models.contract).
 
 def build_tiny_for_run(cfg: RunConfig, out_dir: str | Path) -> Path:
     return build_tiny(cfg.model.tiny, training_labels(cfg), out_dir)
@@ -182,11 +183,5 @@ def collator(bundle: ModelBundle):
     return ImageLabelCollator()
 
 
-def evaluate(model, bundle: ModelBundle, cfg: RunConfig, device="cpu", synced_gpus: bool = False,
-             predictions_path=None) -> dict:
-    from vlft.eval.classification import evaluate_classification
-
-    # synced_gpus is for generation loops; one forward per batch stays in step under ZeRO-3 because every rank
-    # runs the same number of batches (vlft.eval.shard)
-    return evaluate_classification(model, eval_dataset(cfg, bundle), bundle.extra["labels"], cfg.eval.batch_size,
-                                   device=device, predictions_path=predictions_path)
+def label_names(bundle: ModelBundle) -> list[str]:
+    return bundle.extra["labels"]

@@ -29,6 +29,7 @@ from vlft.models.vl_bart_modeling import (
     CLIP_MEAN,
     CLIP_STD,
     CONFIG_FILE,
+    MAX_IMAGES,
     VLBart,
     image_transform,
     load_matching,
@@ -38,6 +39,9 @@ from vlft.models.vl_bart_modeling import (
 )
 
 TOWERS = {"vision": ("vision",), "projector": ("projector",), "language": ("language.model",)}  # lm_head: tied, frozen
+# a vlft VL-BART directory, or a BART checkpoint to pair with model.vision_tower
+MODEL_FILES = ("vl_bart.json", "config.json")
+DATA_OPTIONS = frozenset({"features", "group_by_record"})
 
 
 class ClipImageProcessor:
@@ -56,8 +60,8 @@ class ClipImageProcessor:
 
 def _bundle(model: VLBart, tokenizer, image: dict, vision_spec: dict, path: str, dtype: str) -> ModelBundle:
     return ModelBundle(model=model.to(getattr(torch, dtype)), tokenizer=tokenizer,
-                       image_processor=ClipImageProcessor(image), template=None, num_image_tokens=0,
-                       image_token_id=-1, towers=TOWERS, base_path=path, extra={"vision_spec": vision_spec})
+                       image_processor=ClipImageProcessor(image), towers=TOWERS, base_path=path,
+                       extra={"vision_spec": vision_spec, "max_images": MAX_IMAGES})
 
 
 def _load_directory(model_cfg: ModelConfig, directory: Path) -> ModelBundle:
@@ -146,7 +150,7 @@ def build_tiny(tiny: TinyModelConfig, texts: Iterable[str], out_dir: str | Path)
     return out_dir
 
 
-# The hooks every family gives the training loop (see vlft/models/__init__.py).
+# The hooks every family gives (vlft.models.contract).
 
 def build_tiny_for_run(cfg, out_dir: str | Path) -> Path:
     from vlft.models.llava import training_texts  # the same conversation records give the vocabulary
@@ -197,8 +201,3 @@ def generation_options(model, bundle: ModelBundle) -> dict:
     return {"collate_fn": Seq2SeqCollator(bundle.tokenizer.pad_token_id, for_generation=True)}
 
 
-def evaluate(model, bundle: ModelBundle, cfg, device="cpu", synced_gpus: bool = False, predictions_path=None) -> dict:
-    from vlft.eval.evaluator import evaluate_vqa
-
-    return evaluate_vqa(model, eval_dataset(cfg, bundle), cfg, device=device, synced_gpus=synced_gpus,
-                        predictions_path=predictions_path, **generation_options(model, bundle))

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import open_clip
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.modified_resnet import ModifiedResNet
 from safetensors.torch import load_model, save_file
 from torch import nn
@@ -28,8 +29,7 @@ from torchvision import transforms
 from transformers import AutoTokenizer, BartForConditionalGeneration
 
 CONFIG_FILE = "vl_bart.json"
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+CLIP_MEAN, CLIP_STD = list(OPENAI_DATASET_MEAN), list(OPENAI_DATASET_STD)  # open_clip's, as lists for JSON
 MAX_IMAGES = 8  # images per record (NLVR2 has two), or frame groups of a video (more frames are pooled)
 VISION_PROJECTOR_FILE = "vision_projector.safetensors"
 PLACE_SCALE = 1.0  # box and place embeddings at start, relative to the LayerNorm'd features

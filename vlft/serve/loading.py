@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from vlft.config import RunConfig, load_config
+from vlft.config import RunConfig
 from vlft.merge import MERGE_INFO, RUN_CONFIG
 from vlft.models import ModelBundle, ModelLoadError, get_family
+from vlft.models.contract import AnswersInText, ClassifiesImages
+from vlft.runs import load_run_config
 
 # What a finished run leaves beside its config.yaml: a peft adapter, or a fully trained model's weights.
 RUN_WEIGHTS = ("adapter_config.json", "model.safetensors", "model.safetensors.index.json")
@@ -34,7 +36,7 @@ class ServedModel:
     @property
     def labels(self) -> list[str] | None:
         """The label names of an image classifier (ViT); None for a model that answers in text."""
-        return self.bundle.extra.get("labels")
+        return self.family.label_names(self.bundle) if isinstance(self.family, ClassifiesImages) else None
 
     def describe(self) -> str:
         how = "merged" if self.kind == "merged" else (
@@ -43,9 +45,8 @@ class ServedModel:
 
 
 def answers_in_text(family: ModuleType) -> bool:
-    """Whether a family generates text (LLaVA, VL-BART) rather than classifying images (ViT): the former say how
-    their batches reach `generate`."""
-    return hasattr(family, "generation_options")
+    """Whether a family generates text (LLaVA, VL-BART) rather than classifying images (ViT)."""
+    return isinstance(family, AnswersInText)
 
 
 def directory_kind(directory: str | Path) -> str:
@@ -66,12 +67,12 @@ def served_config(directory: str | Path, kind: str) -> RunConfig:
     before that copy existed falls back to its run's config, if the run is still there)."""
     directory = Path(directory)
     if kind == "run":
-        return load_config(directory / "config.yaml")
+        return load_run_config(directory / "config.yaml")
     if (directory / RUN_CONFIG).is_file():
-        return load_config(directory / RUN_CONFIG)
+        return load_run_config(directory / RUN_CONFIG)
     run_config = Path(json.loads((directory / MERGE_INFO).read_text())["run"]) / "config.yaml"
     if run_config.is_file():
-        return load_config(run_config)
+        return load_run_config(run_config)
     raise ModelLoadError(f"{directory}: merged without its run's config ({RUN_CONFIG}) and {run_config} is gone; "
                          "merge the run again")
 
@@ -85,7 +86,7 @@ def default_device() -> str:
 def load_served(directory: str | Path, device: str | None = None) -> ServedModel:
     """The model of a run (through the loading `vlft eval` uses) or of a merged directory (through the family's
     own `load`, which reads the format `vlft merge` writes), in eval mode on ``device``."""
-    from vlft.eval.run_eval import load_trained
+    from vlft.runs import load_trained
 
     directory = Path(directory)
     kind = directory_kind(directory)

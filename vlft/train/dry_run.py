@@ -8,14 +8,15 @@ import tempfile
 from vlft.adapters import apply_adapters, trainable_summary
 from vlft.config import ConfigError, RunConfig
 from vlft.models import get_family
-from vlft.train.preflight import TINY
+from vlft.models.contract import BuildsOnMeta, ChecksTokenBudget, ModelFamily
+from vlft.models.tiny import TINY
 
 
-def _model_without_weights(cfg: RunConfig, family, tmp: str):
+def _model_without_weights(cfg: RunConfig, family: ModelFamily, tmp: str):
     if cfg.model.name_or_path == TINY:  # tiny builds are small: build, save and load as a run would
         path = family.build_tiny_for_run(cfg, tmp)
         return family.load_for_run(cfg, str(path)).model
-    if not hasattr(family, "architecture_config"):
+    if not isinstance(family, BuildsOnMeta):
         raise ConfigError(f"--dry-run of a named {cfg.model.family} model is not supported (it needs the "
                           "weights to know the architecture); it works for llava names and for tiny builds")
     return family.build_on_meta(family.architecture_config(cfg.model.name_or_path))
@@ -31,7 +32,7 @@ def dry_run(cfg: RunConfig) -> dict:
     print(f"dry run of {cfg.model.name_or_path} ({where}):\n{table}")
     print(f"trainable: {summary['trainable_params']:,} of {summary['total_params']:,} "
           f"({summary['trainable_percent']:.2f}%)")
-    if hasattr(family, "check_token_budget"):
+    if isinstance(family, ChecksTokenBudget):
         budget = family.check_token_budget(_config_of(model), cfg)
         pooled = "pooled 2x2" if budget["pooled"] else "unpooled"
         print(f"token budget: one video = {budget['frames']} frames x {budget['tokens_per_frame']} tokens "

@@ -5,10 +5,6 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or inf; the run stopped before that step changed any weight."""
 
 
-class SweepRunFailed(RuntimeError):
-    """One run of `vlft sweep` exited with an error; the message names it."""
-
-
 class NodesDisagree(RuntimeError):
     """The nodes of a run found different things on their disks (newest checkpoint, output_dir); the message
     names what each node found."""

@@ -9,40 +9,22 @@ process they only look at the local disk).
 from __future__ import annotations
 
 import json
-import os
 import re
 import uuid
 from pathlib import Path
 
 import torch.distributed as dist
 
+from vlft.ranks import distributed, is_node_main, node_rank
 from vlft.train.checkpoints import complete_checkpoint_steps
 from vlft.train.errors import NodesDisagree
 
 PROBE = ".vlft-shared-probe-"  # + a fresh token: no node can have seen that name before
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def node_rank() -> int:
-    for key in ("GROUP_RANK", "CROSS_RANK"):
-        if os.environ.get(key, "").isdigit():
-            return int(os.environ[key])
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
-    return int(os.environ.get("RANK", "0")) // local_world
-
-
-def is_node_main() -> bool:
-    """The first rank of its node: the one that writes what the node keeps (data cache, tiny base model, and with a
-    disk per node, checkpoints and outputs)."""
-    return int(os.environ.get("LOCAL_RANK", "0")) == 0
-
-
 def gather_from_nodes(value) -> dict:
     """{node rank: value} from the first rank of every node, on every rank (collective)."""
-    if not _distributed():
+    if not distributed():
         return {node_rank(): value}
     parts: list = [None] * dist.get_world_size()
     dist.all_gather_object(parts, (node_rank(), value) if is_node_main() else None)
@@ -58,7 +40,7 @@ def node_log(message: str, nodes: int) -> None:
 def output_dir_is_shared(output_dir: str | Path) -> bool:
     """Whether every node sees the same output_dir (collective): the first rank writes a file of a fresh name
     there, and the first rank of every node looks for it. Raises when some nodes see it and others do not."""
-    if not _distributed():
+    if not distributed():
         return True
     token = [uuid.uuid4().hex if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(token, src=0)

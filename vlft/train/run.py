@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -25,20 +22,14 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from vlft.adapters import apply_adapters, trainable_summary
 from vlft.config import RunConfig, config_to_dict
 from vlft.models import ModelBundle, get_family
+from vlft.models.contract import ModelFamily
+from vlft.models.tiny import model_path, zero3_init_paused
+from vlft.ranks import log_main
 from vlft.train.checkpoints import check_checkpoint_is_safe, discard_partial_checkpoint, latest_complete_checkpoint
-from vlft.train.nodes import check_same_resume_step, gather_from_nodes, is_node_main, node_log, output_dir_is_shared
-from vlft.train.preflight import TINY, check_paths
+from vlft.train.nodes import check_same_resume_step, gather_from_nodes, node_log, output_dir_is_shared
+from vlft.train.preflight import check_paths
 from vlft.train.report import peak_memory_mb, write_training_report
 from vlft.train.trainer import VlftTrainer
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def log(message: str) -> None:
-    if is_main_process():
-        print(message, flush=True)
 
 
 def deepspeed_config(path: str | None, on_each_node: bool) -> str | dict | None:
@@ -53,7 +44,9 @@ def deepspeed_config(path: str | None, on_each_node: bool) -> str | dict | None:
 
 def build_training_arguments(cfg: RunConfig, on_each_node: bool = False) -> TrainingArguments:
     """Built before the model is loaded: with ZeRO-3 this makes from_pretrained load partitioned.
-    ``on_each_node``: every node writes checkpoints and outputs into its own output_dir."""
+    ``on_each_node``: every node writes checkpoints and outputs into its own output_dir.
+    The warmup ratio goes in as `warmup_steps`: transformers 5 (pyproject's floor) reads a value below 1 there
+    as a fraction of the steps, and has no `warmup_ratio` any more."""
     t = cfg.training
     return TrainingArguments(
         output_dir=t.output_dir, seed=t.seed, data_seed=t.seed, num_train_epochs=t.epochs, max_steps=t.max_steps,
@@ -70,78 +63,22 @@ def build_training_arguments(cfg: RunConfig, on_each_node: bool = False) -> Trai
         use_cpu=not torch.cuda.is_available(), ddp_find_unused_parameters=False, save_only_model=False)
 
 
-def tiny_base_dir(cfg: RunConfig) -> Path:
-    return Path(cfg.training.output_dir).resolve() / "base_model"
-
-
-@contextmanager
-def zero3_init_paused():
-    """Construct models as plain modules: ZeRO-3's partitioned construction is for the model we train,
-    not for the tiny base checkpoint written to disk before it."""
-    from transformers.integrations import deepspeed as hf_deepspeed
-
-    ref = hf_deepspeed._hf_deepspeed_config_weak_ref
-    config = ref() if ref is not None else None
-    hf_deepspeed.unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        if config is not None:
-            hf_deepspeed.set_hf_deepspeed_config(config)
-
-
-BUILT_MARKER = ".vlft-tiny-complete"  # in every whole build (older builds were cut short without it)
-
-
-def build_tiny_base(cfg: RunConfig, base: Path) -> None:
-    """Build under a temporary name, then rename into place: whole or not at all. Nodes that share output_dir
-    each build it too (seeded, so the same model); the first rename wins."""
-    staging = base.with_name(f"{base.name}.partial-{socket.gethostname()}-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    with zero3_init_paused():
-        get_family(cfg.model.family).build_tiny_for_run(cfg, staging)
-    (staging / BUILT_MARKER).write_text("")
-    if base.is_dir() and not (base / BUILT_MARKER).is_file():
-        shutil.rmtree(base)  # a build an older vlft left cut short in place
-    try:
-        os.rename(staging, base)
-    except OSError:  # built meanwhile by another node
-        if not (base / BUILT_MARKER).is_file():
-            raise
-        shutil.rmtree(staging)
-
-
-def model_path(cfg: RunConfig) -> str:
-    """The checkpoint named in the config; `tiny` is first built and saved into the run directory by the first
-    rank of every node (a node-local output_dir holds its own copy). Called before torch.distributed starts:
-    transformers' save_pretrained then writes on global rank 0 only. The node's other ranks must not read it
-    before a barrier."""
-    if cfg.model.name_or_path != TINY:
-        return cfg.model.name_or_path
-    base = tiny_base_dir(cfg)
-    if is_node_main() and not (base / BUILT_MARKER).is_file():
-        build_tiny_base(cfg, base)
-    return str(base)
-
-
-def load_model(cfg: RunConfig, path: str) -> ModelBundle:
-    family = get_family(cfg.model.family)
+def load_model(cfg: RunConfig, family: ModelFamily, path: str) -> ModelBundle:
     if adapts_conv2d(cfg) and is_deepspeed_zero3_enabled():
         # peft reads a Conv2d kernel's shape when wrapping it, and ZeRO-3's partitioned loading leaves it
         # flat: load whole weights; deepspeed.initialize partitions them afterwards.
-        log("ZeRO-3: loading whole weights (adapters on the vision tower's Conv2d), partitioned at initialize")
+        log_main("ZeRO-3: loading whole weights (adapters on the vision tower's Conv2d), partitioned at initialize")
         with zero3_init_paused():
             return family.load_for_run(cfg, path)
     return family.load_for_run(cfg, path)
 
 
-def training_data(cfg: RunConfig, path: str):
+def training_data(cfg: RunConfig, family: ModelFamily, path: str):
     """The training records checked and tokenized with the model's tokenizer (once: later launches read them
     from the data cache), before the model's weights are loaded."""
-    family = get_family(cfg.model.family)
     train_set = family.train_dataset(cfg, family.load_for_run(cfg, path, with_model=False))
     if train_set.skips is not None:
-        log(f"{train_set.path}: {len(train_set)} examples kept; at load, {train_set.skips.summary()}")
+        log_main(f"{train_set.path}: {len(train_set)} examples kept; at load, {train_set.skips.summary()}")
     return train_set
 
 
@@ -168,8 +105,8 @@ def outputs_on_each_node(cfg: RunConfig) -> bool:
     if each is None:
         each = not output_dir_is_shared(cfg.training.output_dir)
         if each:
-            log(f"training.output_dir {cfg.training.output_dir} is on each node's own disk: every node writes "
-                "its checkpoints and outputs there")
+            log_main(f"training.output_dir {cfg.training.output_dir} is on each node's own disk: every node "
+                     "writes its checkpoints and outputs there")
     return each
 
 
@@ -210,10 +147,11 @@ def set_collective_timeout(seconds: int) -> None:
 def train(cfg: RunConfig) -> TrainResult:
     """Run training (and evaluation) as configured; metrics also go to output_dir/metrics.json."""
     start = time.time()
-    check_paths(cfg)
+    family = get_family(cfg.model.family)  # the one look-up of the run: everything below receives it
+    check_paths(cfg, family)
     limit_cpu_threads()
     set_seed(cfg.training.seed)
-    path = model_path(cfg)  # before torch.distributed starts, which TrainingArguments with DeepSpeed does
+    path = model_path(cfg, family)  # before torch.distributed starts, which TrainingArguments with DeepSpeed does
     args = build_training_arguments(cfg)
     _ = args.device  # sets up torch.distributed now: ZeRO-3's partitioned from_pretrained needs the world size
     set_collective_timeout(cfg.training.ddp_timeout)
@@ -230,13 +168,13 @@ def train(cfg: RunConfig) -> TrainResult:
     if resume:
         check_checkpoint_is_safe(resume)
         node_log(f"resuming from {resume}", nodes)
-    train_set = training_data(cfg, path)
-    bundle = load_model(cfg, path)
+    train_set = training_data(cfg, family, path)
+    bundle = load_model(cfg, family, path)
     model = apply_adapters(bundle.model, bundle.towers, cfg.adapters)
     table, params = trainable_summary(model, bundle.towers, cfg.adapters)
-    log(f"trainable parameters ({cfg.model.name_or_path}):\n{table}")
-    trainer = VlftTrainer(model=model, args=args, train_dataset=train_set, bundle=bundle, run_config=cfg,
-                          skips=train_set.skips, data_collator=get_family(cfg.model.family).collator(bundle))
+    log_main(f"trainable parameters ({cfg.model.name_or_path}):\n{table}")
+    trainer = VlftTrainer(model=model, args=args, train_dataset=train_set, family=family, bundle=bundle,
+                          run_config=cfg, skips=train_set.skips, data_collator=family.collator(bundle))
     result = trainer.train(resume_from_checkpoint=resume)
     metrics = {**params, "world_size": args.world_size, "train_loss": result.training_loss,
                "global_step": result.global_step, "train_runtime_s": round(result.metrics["train_runtime"], 2),
@@ -244,7 +182,7 @@ def train(cfg: RunConfig) -> TrainResult:
     if train_set.skips is not None:
         skips = trainer.gathered_skips()
         metrics["skipped_records"] = skips.counts()
-        log(f"training data: {skips.summary()}")
+        log_main(f"training data: {skips.summary()}")
     if cfg.eval.at_end and cfg.data.eval:
         metrics["eval"] = trainer.evaluate()
     metrics["wall_time_s"] = round(time.time() - start, 2)
@@ -252,5 +190,5 @@ def train(cfg: RunConfig) -> TrainResult:
     save_outputs(trainer, bundle, cfg, metrics)
     if trainer.args.should_save:
         write_training_report(trainer.state.log_history, cfg.training.output_dir)
-    log(json.dumps(metrics, indent=2))
+    log_main(json.dumps(metrics, indent=2))
     return TrainResult(metrics=metrics, model=model, bundle=bundle)

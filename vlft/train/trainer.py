@@ -20,14 +20,12 @@ from vlft.adapters.towers import tower_of
 from vlft.config import ConfigError, RunConfig
 from vlft.data.sampling import ModalityLengthGroupedSampler
 from vlft.data.skips import SkipLog
-from vlft.models import ModelBundle, get_family
+from vlft.eval.evaluator import evaluate_model
+from vlft.models import ModelBundle
+from vlft.models.contract import ModelFamily
+from vlft.ranks import distributed, is_node_main
 from vlft.train.checkpoints import STAGING, latest_complete_checkpoint
 from vlft.train.errors import NonFiniteLoss
-from vlft.train.nodes import is_node_main
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _name_deepspeed_tag(checkpoint: Path) -> None:
@@ -49,9 +47,10 @@ class _ReportSkips(TrainerCallback):
 
 
 class VlftTrainer(Trainer):
-    def __init__(self, *args, bundle: ModelBundle, run_config: RunConfig, skips: SkipLog | None = None, **kwargs):
+    def __init__(self, *args, family: ModelFamily, bundle: ModelBundle, run_config: RunConfig,
+                 skips: SkipLog | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.bundle = bundle
+        self.family, self.bundle = family, bundle
         self.run_config = run_config
         self.skips = skips  # None unless data.on_error is skip
         self.add_callback(_ReportSkips(self))
@@ -60,7 +59,7 @@ class VlftTrainer(Trainer):
     def _node_writer_group(self):
         """The first rank of every node, as a process group, when each node writes its own copy of weights that
         ZeRO-3 consolidates on the first rank only; else None."""
-        if not (self.args.save_on_each_node and is_deepspeed_zero3_enabled() and _distributed()):
+        if not (self.args.save_on_each_node and is_deepspeed_zero3_enabled() and distributed()):
             return None
         ranks: list = [None] * dist.get_world_size()
         dist.all_gather_object(ranks, (dist.get_rank(), is_node_main()))
@@ -104,7 +103,7 @@ class VlftTrainer(Trainer):
     def training_step(self, model, inputs, *args, **kwargs):
         loss = super().training_step(model, inputs, *args, **kwargs)
         bad = torch.tensor(0.0 if torch.isfinite(loss).all() else 1.0)
-        if _distributed():  # every rank stops at the same step
+        if distributed():  # every rank stops at the same step
             bad = bad.to(self.args.device)
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)
         if bad.item():
@@ -165,8 +164,7 @@ class VlftTrainer(Trainer):
         if not self.run_config.data.eval:
             return {}
         predictions = Path(self.args.output_dir) / "predictions.json" if self.args.should_save else None
-        family = get_family(self.run_config.model.family)
-        metrics = family.evaluate(self.model, self.bundle, self.run_config, device=self.args.device,
+        metrics = evaluate_model(self.family, self.model, self.bundle, self.run_config, device=self.args.device,
                                  synced_gpus=is_deepspeed_zero3_enabled(), predictions_path=predictions)
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
         self.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})

@@ -13,17 +13,16 @@ from vlft.data.records import DataError, image_paths
 from vlft.data.skips import SkipLog
 from vlft.data.video import read_frames
 from vlft.models import ModelBundle, get_family
-from vlft.train.preflight import TINY, check_paths
+from vlft.models.contract import ModelFamily
+from vlft.models.tiny import BUILT_MARKER, TINY, tiny_base_dir
+from vlft.train.preflight import check_paths
 
 
-def data_bundle(cfg: RunConfig, workdir: str) -> ModelBundle:
+def data_bundle(cfg: RunConfig, family: ModelFamily, workdir: str) -> ModelBundle:
     """Tokenizer and image-token layout of the configured model, without its weights."""
-    family = get_family(cfg.model.family)
     lenient = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, on_error="skip"))
     if cfg.model.name_or_path != TINY:
         return family.load_for_run(lenient, cfg.model.name_or_path, with_model=False)
-    from vlft.train.run import BUILT_MARKER, tiny_base_dir
-
     base = tiny_base_dir(cfg)
     if not (base / BUILT_MARKER).is_file():  # not trained yet: build the same tiny model aside
         base = family.build_tiny_for_run(lenient, Path(workdir) / "tiny")
@@ -62,11 +61,11 @@ def _check_files(dataset, video) -> None:
 
 def validate_data(cfg: RunConfig) -> dict[str, SkipLog]:
     """Bad records of data.train and data.eval, by split."""
-    check_paths(cfg)
+    family = get_family(cfg.model.family)
+    check_paths(cfg, family)
     report = {}
     with tempfile.TemporaryDirectory() as workdir:
-        bundle = data_bundle(cfg, workdir)
-        family = get_family(cfg.model.family)
+        bundle = data_bundle(cfg, family, workdir)
         report["train"] = family.train_dataset(cfg, bundle, on_error="skip")
         if cfg.data.eval:
             report["eval"] = family.eval_dataset(cfg, bundle, on_error="skip")
