@@ -172,9 +172,8 @@ class DataConfig:
                                default_factory=VideoConfig)
 
     def __post_init__(self):
-        for key, sources in (("eval", self.eval),):
-            if isinstance(sources, list) and any(isinstance(s, DataSource) and s.weight is not None for s in sources):
-                raise ConfigError(f"data.{key}: weights mix training data; every eval record is scored once")
+        if isinstance(self.eval, list) and any(isinstance(s, DataSource) and s.weight is not None for s in self.eval):
+            raise ConfigError("data.eval: weights mix training data; every eval record is scored once")
         if isinstance(self.train, list):
             weighted = [isinstance(s, DataSource) and s.weight is not None for s in self.train]
             if any(weighted) and not all(weighted):

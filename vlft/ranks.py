@@ -29,18 +29,26 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def local_world_size() -> int:
+    """Ranks on this node: torchrun says LOCAL_WORLD_SIZE, the deepspeed launcher LOCAL_SIZE."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
+
+
 def is_node_main() -> bool:
     """The first rank of its node: the one that writes what the node keeps (data cache, tiny base model, and with a
     disk per node, checkpoints and outputs)."""
-    return int(os.environ.get("LOCAL_RANK", "0")) == 0
+    return local_rank() == 0
 
 
 def node_rank() -> int:
     for key in ("GROUP_RANK", "CROSS_RANK"):
         if os.environ.get(key, "").isdigit():
             return int(os.environ[key])
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)
-    return int(os.environ.get("RANK", "0")) // local_world
+    return int(os.environ.get("RANK", "0")) // local_world_size()
 
 
 def log_main(message: str) -> None:

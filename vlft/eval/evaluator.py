@@ -37,18 +37,19 @@ def evaluate_vqa(model, dataset, cfg: RunConfig, device="cpu", synced_gpus: bool
     answers = generate_answers(model, dataset, cfg.eval.batch_size, cfg.eval.max_new_tokens,
                                synced_gpus=synced_gpus, device=device, **generate_kwargs)
     # questions skipped under on_error: skip are left out of the score and counted
-    kept = [(r, a) for r, a in zip(dataset.records, answers, strict=True) if a is not None]
+    kept = [(i, r, a) for i, (r, a) in enumerate(zip(dataset.records, answers, strict=True)) if a is not None]
     if not kept:
-        raise DataError(f"{dataset.path}: no evaluation record could be read ({dataset.skips.summary()})",
-                        reason=None)
-    records, predictions = [r for r, _ in kept], [a for _, a in kept]
+        why = dataset.skips.summary() if dataset.skips is not None else "the set is empty"
+        raise DataError(f"{dataset.path}: no evaluation record could be read ({why})", reason=None)
+    indices, records, predictions = ([k[n] for k in kept] for n in range(3))
     refs = [references(r) for r in records]
     tasks = [r.get("task", "vqa") for r in records]
     metrics = score_by_task(tasks, predictions, refs, [r.get("category") for r in records])
     if dataset.skips is not None:
         metrics["skipped_records"] = dataset.skips.counts()
     if predictions_path is not None:
+        # a record without an id is named by its place in the eval set, as `vlft predict --input` names it
         rows = [{"question_id": r.get("question_id", r.get("id", i)), "task": t, "answer": p, "references": ref}
-                for i, (r, t, p, ref) in enumerate(zip(records, tasks, predictions, refs, strict=True))]
+                for i, r, t, p, ref in zip(indices, records, tasks, predictions, refs, strict=True)]
         Path(predictions_path).write_text(json.dumps(rows, indent=1))
     return metrics

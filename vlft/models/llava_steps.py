@@ -5,10 +5,15 @@ A rank whose batch holds no image would otherwise skip the vision tower and proj
 and the ranks' collectives no longer match (ZeRO-3 gathers the tower's parameters, ZeRO-2 reduces its
 gradients): a crash on gloo, a hang on NCCL. As LLaVA does for text-only samples, such a rank runs a blank image
 through both and adds its features times zero to the text embeddings: the same loss and gradients (exactly),
-the same collectives, in the same order (after the embeddings, before the language model).
+the same collectives, in the same order (after the embeddings, before the language model). A checkpoint with a
+video path of its own (OneVision, NeXT-Video) runs the tower once for a batch's images and once more for its
+videos: when any rank's batch holds a video (one small all-reduce says), every rank runs both paths, on blanks
+where its batch lacks that kind.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from transformers import LlavaModel, LlavaNextModel, LlavaNextVideoModel, LlavaOnevisionModel
@@ -42,11 +47,51 @@ def video_features(inner, inputs: dict) -> torch.Tensor:
         pixel_values_videos=inputs["pixel_values_videos"]))])
 
 
+def _to_tower(inner, inputs: dict, like: torch.Tensor) -> dict:
+    dtype = next(inner.vision_tower.parameters()).dtype
+    return {k: v.to(like.device, dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
+
+
 def unused_blank_image(inner, visual: LlavaVisual, like: torch.Tensor) -> torch.Tensor:
     """A blank image through the vision tower and projector, times zero: adds nothing, runs both."""
-    dtype = next(inner.vision_tower.parameters()).dtype
-    blank = {k: v.to(like.device, dtype if v.is_floating_point() else v.dtype) for k, v in visual.blank().items()}
-    return (image_features(inner, blank).sum() * 0).to(like.dtype)
+    return (image_features(inner, _to_tower(inner, visual.blank(), like)).sum() * 0).to(like.dtype)
+
+
+def unused_blank_video(inner, visual: LlavaVisual, like: torch.Tensor) -> torch.Tensor:
+    """The same through the checkpoint's own video path (OneVision, NeXT-Video: the tower once more, pooled)."""
+    return (video_features(inner, _to_tower(inner, visual.blank_video(), like)).sum() * 0).to(like.dtype)
+
+
+def video_on_any_rank(has_video: bool, device: torch.device) -> bool:
+    """Whether some rank's batch holds a video. A rank whose batch has images and videos runs the tower twice (the
+    image path, then the video path): every rank must, or ZeRO-3's parameter gathers stop matching."""
+    flag = torch.tensor([float(has_video)], device=device)
+    torch.distributed.all_reduce(flag)
+    return bool(flag.item())
+
+
+def unused_blanks(inner, visual: LlavaVisual, like: torch.Tensor, has: tuple[bool, bool],
+                  video_somewhere: bool) -> torch.Tensor | None:
+    """What a rank adds so that its tower runs as often as every other rank's: a blank image when its batch has
+    none, and with a video path, a blank video when it has none but another rank has."""
+    has_image, has_video = has
+    blanks = []
+    if not has_image and (not has_video or visual.native_video):
+        blanks.append(unused_blank_image(inner, visual, like))
+    if visual.native_video and video_somewhere and not has_video:
+        blanks.append(unused_blank_video(inner, visual, like))
+    return sum(blanks) if blanks else None
+
+
+def own_parameters_gathered(inner):
+    """Under ZeRO-3, the parameters that belong to the LlavaModel itself (NeXT's and OneVision's image_newline):
+    DeepSpeed gathers them when the module's forward runs, and generation calls the tower's helpers without it."""
+    own = [p for p in inner.parameters(recurse=False) if hasattr(p, "ds_id")]
+    if not own:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(own)
 
 
 @torch.no_grad()
@@ -57,38 +102,44 @@ def generation_inputs(model, visual: LlavaVisual, batch: dict) -> dict:
     whose batch has none), rather than wherever a transformers version runs it inside `generate`: under
     ZeRO-3 the ranks must gather the same parameters in the same order."""
     inner = llava_model(model)
-    input_ids = batch["input_ids"]
-    embeds = inner.get_input_embeddings()(input_ids)
-    seen = False
-    for keys, token_id, features in ((IMAGE_KEYS, visual.image_token_id, image_features),
-                                     (VIDEO_KEYS, visual.video_token_id, video_features)):
-        if batch.get(keys[0]) is not None:
-            values = features(inner, batch).to(embeds.dtype)
-            slots = (input_ids == token_id).unsqueeze(-1).expand_as(embeds)
-            embeds, seen = embeds.masked_scatter(slots, values), True
-    if not seen and distributed():
-        embeds = embeds + unused_blank_image(inner, visual, embeds)
+    with own_parameters_gathered(inner):
+        input_ids = batch["input_ids"]
+        embeds = inner.get_input_embeddings()(input_ids)
+        has = tuple(batch.get(keys[0]) is not None for keys in (IMAGE_KEYS, VIDEO_KEYS))
+        video_somewhere = distributed() and visual.native_video and video_on_any_rank(has[1], embeds.device)
+        for present, token_id, features in ((has[0], visual.image_token_id, image_features),
+                                            (has[1], visual.video_token_id, video_features)):
+            if present:
+                values = features(inner, batch).to(embeds.dtype)
+                slots = (input_ids == token_id).unsqueeze(-1).expand_as(embeds)
+                embeds = embeds.masked_scatter(slots, values)
+        if distributed() and (blanks := unused_blanks(inner, visual, embeds, has, video_somewhere)) is not None:
+            embeds = embeds + blanks
     return {"inputs_embeds": embeds, "attention_mask": batch["attention_mask"]}
 
 
 def keep_vision_in_step(model, visual: LlavaVisual) -> None:
-    """In a distributed training forward whose batch has no image or video, run a blank image too (see the
-    module's docstring). Generation runs the tower in `generation_inputs` instead."""
+    """In a distributed training forward, run blank visual inputs where the batch lacks them (see
+    `unused_blanks` and the module's docstring). Generation runs the tower in `generation_inputs` instead."""
     inner = llava_model(model)
     if getattr(inner, "_vlft_vision_in_step", False):
         return
 
     def note_visual_inputs(module, args, kwargs):
-        module._vlft_saw_visual = any(kwargs.get(key) is not None for key in (IMAGE_KEYS[0], VIDEO_KEYS[0])) or bool(
-            kwargs.get("mm_encoder_outputs"))
+        precomputed = bool(kwargs.get("mm_encoder_outputs"))
+        has = tuple(kwargs.get(keys[0]) is not None or precomputed for keys in (IMAGE_KEYS, VIDEO_KEYS))
+        in_step = torch.is_grad_enabled() and distributed()
+        # before the tower runs: the one collective that tells every rank whether to run the video path
+        device = next(module.parameters()).device
+        module._vlft_visual_step = (has, in_step and visual.native_video and video_on_any_rank(has[1], device))
 
-    def blank_image(module, args, kwargs):
-        if (inner._vlft_saw_visual or not torch.is_grad_enabled() or kwargs.get("inputs_embeds") is None
-                or not distributed()):
+    def add_blanks(module, args, kwargs):
+        if not torch.is_grad_enabled() or kwargs.get("inputs_embeds") is None or not distributed():
             return None
         embeds = kwargs["inputs_embeds"]
-        return args, {**kwargs, "inputs_embeds": embeds + unused_blank_image(inner, visual, embeds)}
+        blanks = unused_blanks(inner, visual, embeds, *inner._vlft_visual_step)
+        return None if blanks is None else (args, {**kwargs, "inputs_embeds": embeds + blanks})
 
     inner.register_forward_pre_hook(note_visual_inputs, with_kwargs=True)
-    inner.language_model.register_forward_pre_hook(blank_image, with_kwargs=True)
+    inner.language_model.register_forward_pre_hook(add_blanks, with_kwargs=True)
     inner._vlft_vision_in_step = True

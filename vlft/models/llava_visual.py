@@ -65,3 +65,9 @@ class LlavaVisual:
         side = self.config.vision_config.image_size
         inputs, _ = self.image(Image.new("RGB", (side, side)))
         return inputs
+
+    def blank_video(self) -> dict[str, torch.Tensor]:
+        """Model inputs of a one-frame blank clip through the checkpoint's video path."""
+        side = self.config.vision_config.image_size
+        inputs, _ = self.video([Image.new("RGB", (side, side))])
+        return inputs

@@ -45,17 +45,19 @@ def build_tiny_base(cfg: RunConfig, family: ModelFamily, base: Path) -> None:
     each build it too (seeded, so the same model); the first rename wins."""
     staging = base.with_name(f"{base.name}.partial-{socket.gethostname()}-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    with zero3_init_paused():
-        family.build_tiny_for_run(cfg, staging)
-    (staging / BUILT_MARKER).write_text("")
-    if base.is_dir() and not (base / BUILT_MARKER).is_file():
-        shutil.rmtree(base)  # a build an older vlft left cut short in place
     try:
-        os.rename(staging, base)
-    except OSError:  # built meanwhile by another node
-        if not (base / BUILT_MARKER).is_file():
-            raise
-        shutil.rmtree(staging)
+        with zero3_init_paused():
+            family.build_tiny_for_run(cfg, staging)
+        (staging / BUILT_MARKER).write_text("")
+        if base.is_dir() and not (base / BUILT_MARKER).is_file():
+            shutil.rmtree(base)  # a build an older vlft left cut short in place
+        try:
+            os.rename(staging, base)
+        except OSError:  # built meanwhile by another node
+            if not (base / BUILT_MARKER).is_file():
+                raise
+    finally:  # a failed build leaves nothing behind
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def model_path(cfg: RunConfig, family: ModelFamily) -> str:

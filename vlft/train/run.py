@@ -24,7 +24,7 @@ from vlft.config import RunConfig, config_to_dict
 from vlft.models import ModelBundle, get_family
 from vlft.models.contract import ModelFamily
 from vlft.models.tiny import model_path, zero3_init_paused
-from vlft.ranks import log_main
+from vlft.ranks import local_world_size, log_main
 from vlft.train.checkpoints import check_checkpoint_is_safe, discard_partial_checkpoint, latest_complete_checkpoint
 from vlft.train.nodes import check_same_resume_step, gather_from_nodes, node_log, output_dir_is_shared
 from vlft.train.preflight import check_paths
@@ -131,7 +131,7 @@ class TrainResult:
 
 def limit_cpu_threads() -> None:
     """Several ranks on one CPU host would each start one thread per core and fight for them."""
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    local_world = local_world_size()
     if local_world > 1 and not torch.cuda.is_available():
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
 
