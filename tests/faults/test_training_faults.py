@@ -77,6 +77,7 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(shapes_data, tm
     assert_same_weights(final_weights(tmp_path / "run"), uninterrupted)
 
 
+@pytest.mark.slow  # the deepspeed launcher twice plus an uninterrupted run: kept for the slow run (.ci/run)
 def test_sigkill_then_resume_under_zero2_ends_with_the_uninterrupted_weights(shapes_data, tmp_path):
     full = launch(config(shapes_data, tmp_path, "full", zero2=True), zero2=True)
     assert full.returncode == 0, full.stderr[-3000:]

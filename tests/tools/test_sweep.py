@@ -33,6 +33,7 @@ def test_summary_is_mean_and_sample_std_over_seeds():
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # a whole sweep twice: kept for the slow run (.ci/run)
 def test_restarted_sweep_skips_finished_runs(tmp_path, shapes_data, capsys):
     raw = tiny_config_dict(shapes_data, tmp_path / "run", max_steps=2, save_steps=100)
     raw["adapters"]["vision"] = "frozen"

@@ -80,9 +80,13 @@ def reference_losses(mixed_data, tmp_path_factory):
     return get
 
 
+SLOW = pytest.mark.slow  # the other combinations run in the slow run (.ci/run), to keep the default run short
+
+
 @pytest.mark.parametrize("family, impl, zero", [
-    ("llava", "vlft", None), ("llava", "peft", "zero2"), ("llava", "vlft", "zero2"), ("llava", "peft", "zero3"),
-    ("llava", "vlft", "zero3-strict"), ("vl_bart", "vlft", "zero2"), ("vl_bart", "vlft", "zero3-strict"),
+    pytest.param("llava", "vlft", None, marks=SLOW), pytest.param("llava", "peft", "zero2", marks=SLOW),
+    ("llava", "vlft", "zero2"), pytest.param("llava", "peft", "zero3", marks=SLOW), ("llava", "vlft", "zero3-strict"),
+    pytest.param("vl_bart", "vlft", "zero2", marks=SLOW), ("vl_bart", "vlft", "zero3-strict"),
     ("llava_onevision", "vlft", "zero3-strict")])
 def test_losses_match_one_process_with_peft_dora(mixed_data, tmp_path, reference_losses, family, impl, zero):
     name = f"{family}-{impl}-{zero or 'single'}"
