@@ -1,9 +1,6 @@
 """A run over several nodes: which node a rank is on, whether output_dir is one directory every node sees or a
-disk per node, and the checkpoint every node resumes from.
-
-Launchers name a rank's node differently (torchrun: GROUP_RANK, the deepspeed launcher: CROSS_RANK); LOCAL_RANK 0
-is a node's first rank under all of them. The functions that gather are collectives: every rank calls them (in one
-process they only look at the local disk).
+disk per node, and the checkpoint every node resumes from (which node a rank is on: vlft.ranks). The functions
+that gather are collectives: every rank calls them (in one process they only look at the local disk).
 """
 
 from __future__ import annotations
