@@ -26,6 +26,7 @@ class LlavaVisual:
         self.video_token = (processor.tokenizer.convert_ids_to_tokens(self.video_token_id) if self.native_video
                             else None)
         self.counts: dict[tuple, int] = {}
+        self.blanks: dict[str, dict[str, torch.Tensor]] = {}  # made once: used in every step of a rank without one
         # any-resolution checkpoints tile an image by its size; LLaVA-1.5 resizes every image to the tower's input
         self.size_dependent = config.model_type != "llava"
 
@@ -62,12 +63,15 @@ class LlavaVisual:
 
     def blank(self) -> dict[str, torch.Tensor]:
         """Model inputs of a blank image (what a rank whose batch has no image runs through the tower)."""
-        side = self.config.vision_config.image_size
-        inputs, _ = self.image(Image.new("RGB", (side, side)))
-        return inputs
+        return self._blank("image")
 
     def blank_video(self) -> dict[str, torch.Tensor]:
         """Model inputs of a one-frame blank clip through the checkpoint's video path."""
-        side = self.config.vision_config.image_size
-        inputs, _ = self.video([Image.new("RGB", (side, side))])
-        return inputs
+        return self._blank("video")
+
+    def _blank(self, kind: str) -> dict[str, torch.Tensor]:
+        if kind not in self.blanks:
+            side = self.config.vision_config.image_size
+            blank = Image.new("RGB", (side, side))
+            self.blanks[kind] = (self.image(blank) if kind == "image" else self.video([blank]))[0]
+        return self.blanks[kind]
