@@ -8,7 +8,11 @@ unless --no-group; test records hold one question each, with `question_id` and `
 Also writes shape_train.json / shape_test.json, image classification records
 `{"id", "image", "label"}` whose label is the image's shape, and caption_train.json /
 caption_test.json, captioning records ("a red triangle", with three phrasings as references)
-for the images whose shape and colour the questions and answers establish.
+for the images whose shape and colour the questions and answers establish. For two-stage training
+(a pretrained base, then a different task): pretrain_train.json (captions and the colour questions) and
+finetune_{train,test}.json (the shape and yes/no questions) for LLaVA; pretrain_shape_train.json (the shapes of
+the first half of the training images) and object_{train,test}.json ("red circle": colour and shape, on the
+other half) for the ViT.
 """
 
 from __future__ import annotations
@@ -86,10 +90,11 @@ def image_facts(questions, answers, image_ids) -> dict[int, dict[str, str]]:
     return facts
 
 
-def shape_records(facts: dict[int, dict[str, str]], image_ids, split: str) -> tuple[list[dict], int]:
-    """Classification records for images whose shape is known, and how many images had none."""
-    records = [{"id": f"easyvqa-{split}-img{i}", "image": f"{split}/{i}.png", "label": facts[i]["shape"]}
-               for i in sorted(facts) if "shape" in facts[i]]
+def label_records(facts: dict[int, dict[str, str]], image_ids, split: str, fact: str) -> tuple[list[dict], int]:
+    """Classification records for images whose ``fact`` ("shape" or "color") is known, and how many images had
+    none."""
+    records = [{"id": f"easyvqa-{split}-img{i}", "image": f"{split}/{i}.png", "label": facts[i][fact]}
+               for i in sorted(facts) if fact in facts[i]]
     return records, len(set(image_ids)) - len(records)
 
 
@@ -113,6 +118,36 @@ def caption_records(facts: dict[int, dict[str, str]], split: str) -> list[dict]:
     return records
 
 
+def two_stage_labels(facts: dict[int, dict[str, str]], image_ids, split: str) -> dict[str, list[dict]]:
+    """The ViT's two stages on different tasks and different images: stage 1 (configs/vit_pretrain_tiny.yaml)
+    classifies the shape of the first half of the training images, stage 2
+    (configs/vit_dora_from_pretrained_tiny.yaml) names colour and shape together ("red circle", 24 labels) on
+    the other half, tested on the test images."""
+    half = len(set(image_ids)) // 2 if split == "train" else 0
+    objects = [{"id": f"easyvqa-{split}-img{i}", "image": f"{split}/{i}.png",
+                "label": f"{facts[i]['color']} {facts[i]['shape']}"}
+               for i in sorted(facts) if i >= half and {"shape", "color"} <= facts[i].keys()]
+    if split != "train":
+        return {f"object_{split}": objects}
+    shapes, _ = label_records({i: f for i, f in facts.items() if i < half}, image_ids, split, "shape")
+    return {"pretrain_shape_train": shapes, "object_train": objects}
+
+
+def two_stage_records(questions, answers, image_ids, captions: list[dict], split: str, seed: int) -> dict:
+    """LLaVA's two stages on different tasks: stage 1 (configs/llava_pretrain_tiny.yaml) learns captions and the
+    colour questions, stage 2 (configs/llava_dora_from_pretrained_tiny.yaml) the shape and yes/no questions."""
+    color = [k for k, a in enumerate(answers) if a in COLORS]
+    other = [k for k, a in enumerate(answers) if a not in COLORS]
+
+    def pick(indices):
+        return [questions[k] for k in indices], [answers[k] for k in indices], [image_ids[k] for k in indices]
+
+    if split == "train":
+        return {"pretrain": captions + grouped_records(*pick(color), split, seed),
+                "finetune": grouped_records(*pick(other), split, seed)}
+    return {"finetune": single_records(*pick(other), split)}
+
+
 def copy_images(paths: dict[int, str], dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for image_id, src in tqdm(paths.items(), desc=f"images -> {dest}", unit="img"):
@@ -133,6 +168,26 @@ def import_easy_vqa():
         sys.path[:] = saved
 
 
+def write_split(out: Path, split: str, questions, answers, image_ids, group: bool, seed: int) -> dict:
+    """Every record file of one split; returns its counts."""
+    if split == "train" and group:
+        records = grouped_records(questions, answers, image_ids, split, seed)
+    else:
+        records = single_records(questions, answers, image_ids, split)
+    facts = image_facts(questions, answers, image_ids)
+    shapes, unknown = label_records(facts, image_ids, split, "shape")
+    captions = caption_records(facts, split)
+    files = {split: records, f"shape_{split}": shapes, f"caption_{split}": captions}
+    files |= two_stage_labels(facts, image_ids, split)
+    for stage, stage_records in two_stage_records(questions, answers, image_ids, captions, split, seed).items():
+        files[f"{stage}_{split}"] = stage_records
+    for name, content in files.items():
+        (out / f"{name}.json").write_text(json.dumps(content))
+    counts = {"questions": len(questions), "images": len(set(image_ids)), "images_without_a_known_shape": unknown}
+    return counts | {("records" if name == split else f"{name.removesuffix('_' + split)}_records"): len(content)
+                     for name, content in files.items()}
+
+
 def prepare(out: Path, group: bool = True, seed: int = 0) -> dict:
     easy_vqa = import_easy_vqa()
     out.mkdir(parents=True, exist_ok=True)
@@ -140,21 +195,8 @@ def prepare(out: Path, group: bool = True, seed: int = 0) -> dict:
     for split, get_questions, get_paths in (
             ("train", easy_vqa.get_train_questions, easy_vqa.get_train_image_paths),
             ("test", easy_vqa.get_test_questions, easy_vqa.get_test_image_paths)):
-        questions, answers, image_ids = get_questions()
         copy_images(get_paths(), out / "images" / split)
-        if split == "train" and group:
-            records = grouped_records(questions, answers, image_ids, split, seed)
-        else:
-            records = single_records(questions, answers, image_ids, split)
-        (out / f"{split}.json").write_text(json.dumps(records))
-        facts = image_facts(questions, answers, image_ids)
-        shapes, unknown = shape_records(facts, image_ids, split)
-        (out / f"shape_{split}.json").write_text(json.dumps(shapes))
-        captions = caption_records(facts, split)
-        (out / f"caption_{split}.json").write_text(json.dumps(captions))
-        summary[split] = {"questions": len(questions), "images": len(set(image_ids)), "records": len(records),
-                          "shape_records": len(shapes), "images_without_a_known_shape": unknown,
-                          "caption_records": len(captions)}
+        summary[split] = write_split(out, split, *get_questions(), group=group, seed=seed)
     summary["answers"] = sorted(easy_vqa.get_answers())
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -125,17 +125,11 @@ def analyze_run(run_dir: str | Path, pattern: str | None = None) -> RunAnalysis:
     return RunAnalysis(run=str(run_dir), method=run_method(cfg), points=points, fit=fit)
 
 
-def plot_run(analysis: RunAnalysis, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+def draw_analysis(ax, analysis: RunAnalysis, title: str):
+    """The paper's axes on one panel: ΔD across, ΔM up, one dot per (layer, checkpoint), and the fitted line."""
     steps = [p["step"] for p in analysis.points]
     dots = ax.scatter([p["delta_d"] for p in analysis.points], [p["delta_m"] for p in analysis.points], c=steps,
                       cmap="viridis", s=18)
-    fig.colorbar(dots, ax=ax, label="step")
     fit = analysis.fit
     if fit["slope"] == fit["slope"]:  # not NaN
         xs = torch.linspace(min(p["delta_d"] for p in analysis.points), max(p["delta_d"] for p in analysis.points), 2)
@@ -144,10 +138,27 @@ def plot_run(analysis: RunAnalysis, path: Path) -> None:
         ax.legend(loc="best")
     ax.set_xlabel("ΔD (direction change)")
     ax.set_ylabel("ΔM (magnitude change)")
-    ax.set_title(f"{Path(analysis.run).name} ({analysis.method})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    ax.set_title(title)
+    return dots
+
+
+def plot_analyses(analyses: dict[str, RunAnalysis], path: Path) -> None:
+    """One panel per analysed run (the title its key), side by side, as the paper's Fig. 2 sets its methods."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(analyses), figsize=(5.5 * len(analyses), 4.5), squeeze=False)
+    for ax, (title, analysis) in zip(axes[0], analyses.items(), strict=True):
+        dots = draw_analysis(ax, analysis, title)
+    fig.colorbar(dots, ax=axes[0].tolist(), label="step")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
+
+
+def plot_run(analysis: RunAnalysis, path: Path) -> None:
+    plot_analyses({f"{Path(analysis.run).name} ({analysis.method})": analysis}, path)
 
 
 def write_analysis(analysis: RunAnalysis, out_dir: Path) -> dict[str, Path]:

@@ -67,7 +67,7 @@ def load_trained(run_dir: str | Path, cfg: RunConfig, weights_dir: str | Path | 
     run_dir = Path(run_dir)
     weights_dir = Path(weights_dir) if weights_dir else run_dir
     family = get_family(cfg.model.family)
-    bundle = family.load(cfg.model, base_checkpoint(run_dir, cfg))
+    bundle = family.load_for_run(cfg, base_checkpoint(run_dir, cfg))
     if (weights_dir / "adapter_config.json").is_file():
         bundle.model = PeftModel.from_pretrained(bundle.model, str(weights_dir))
         if cfg.adapters.dora_impl == "vlft":

@@ -5,8 +5,9 @@ its own process and its own run directory (`<method>-r<rank>-s<seed>`, `full-s<s
 metrics.json exists is finished and skipped, so an interrupted sweep restarts where it stopped (a run cut
 short resumes from its newest checkpoint when the config says `training.resume: auto`). At the end:
 `sweep.csv` (one row per run), `sweep.md` (mean ± std over seeds), `sweep.png` (the main metric against
-rank, one line per method, full fine-tuning as a horizontal band) and, per run, the weight-decomposition
-analysis with its slope in the tables.
+rank, one line per method, full fine-tuning as a horizontal band), `sweep_decomposition.png` (ΔM against ΔD,
+one panel per method) and, per run, the weight-decomposition analysis with its slope and correlation in the
+tables.
 """
 
 from __future__ import annotations
@@ -146,12 +147,26 @@ def plot(summary: list[dict], metric: str, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def analysis_slope(run: SweepRun) -> float | None:
+def analysis_of(run: SweepRun):
+    """The run's weight-decomposition analysis, also written into its directory."""
     from vlft.analyze import analyze_run, write_analysis
 
     analysis = analyze_run(run.directory)
     write_analysis(analysis, run.directory)
-    return analysis.fit["slope"]
+    return analysis
+
+
+def plot_decomposition(runs: list[SweepRun], analyses: dict, path: Path) -> None:
+    """ΔM against ΔD, one panel per method (the paper's Fig. 2): its first seed, at the grid's middle rank."""
+    from vlft.analyze import plot_analyses
+
+    ranks = sorted({r.rank for r in runs if r.rank is not None})
+    shown = ranks[len(ranks) // 2] if ranks else None
+    panels = {}
+    for run in runs:
+        if run.name in analyses and run.rank in (None, shown) and run.method not in {p.split()[0] for p in panels}:
+            panels[f"{run.method}" + (f" r{run.rank}" if run.rank else "") + f" seed {run.seed}"] = analyses[run.name]
+    plot_analyses(panels, path)
 
 
 def run_sweep(config: str, user_overrides: list[str] = (), launcher: list[str] = (), analyze: bool = True) -> dict:
@@ -165,12 +180,14 @@ def run_sweep(config: str, user_overrides: list[str] = (), launcher: list[str] =
             print(f"sweep: {run.name}: finished before, skipped ({i}/{len(runs)})", flush=True)
             continue
         launch(config, run, list(user_overrides), list(launcher))
-    rows = []
+    rows, analyses = [], {}
     for run in runs:
         measured = {k: v for k, v in run_row(run.directory).items() if k not in ("run", "method", "rank")}
         row = {"run": run.name, "method": run.method, "rank": run.rank, "seed": run.seed, **measured}
         if analyze:
-            row["decomposition_slope"] = analysis_slope(run)
+            analyses[run.name] = analysis_of(run)
+            row["decomposition_slope"] = analyses[run.name].fit["slope"]
+            row["decomposition_r"] = analyses[run.name].fit["pearson_r"]
         rows.append(row)
     columns = list(dict.fromkeys(k for row in rows for k in row))
     with (out_dir / "sweep.csv").open("w", newline="") as f:
@@ -180,8 +197,11 @@ def run_sweep(config: str, user_overrides: list[str] = (), launcher: list[str] =
     summary = summarize(rows)
     (out_dir / "sweep.md").write_text(markdown_table(summary, mean_std_cell) + "\n")
     paths = {"csv": out_dir / "sweep.csv", "md": out_dir / "sweep.md"}
+    if analyses:
+        plot_decomposition(runs, analyses, out_dir / "sweep_decomposition.png")
+        paths["decomposition_png"] = out_dir / "sweep_decomposition.png"
     metric = main_metric(rows[0])
     if metric:
-        plot(summary, metric, out_dir / "sweep.png", Path(config).stem)
+        plot(summary, metric, out_dir / "sweep.png", out_dir.name)
         paths["png"] = out_dir / "sweep.png"
     return paths

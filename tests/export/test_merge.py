@@ -114,9 +114,13 @@ def unmerged_generation(family: str, bundle, inputs: dict) -> torch.Tensor:
     return bundle.model.generate(**kwargs, max_new_tokens=3, do_sample=False)
 
 
-@pytest.mark.parametrize("family,vision", [("llava", "dora"), ("llava_next", "dora"), ("llava_onevision", "dora"),
-                                           ("llava_next_video", "dora"), ("vl_bart", "dora"), ("vit", "dora"),
-                                           ("vit", "full")])
+SLOW = pytest.mark.slow  # the other LLaVA architectures run in the slow run (.ci/run), to keep the default run short
+
+
+@pytest.mark.parametrize("family,vision", [
+    ("llava", "dora"), pytest.param("llava_next", "dora", marks=SLOW),
+    pytest.param("llava_onevision", "dora", marks=SLOW), pytest.param("llava_next_video", "dora", marks=SLOW),
+    ("vl_bart", "dora"), ("vit", "dora"), ("vit", "full")])
 def test_merged_model_loads_without_vlft_or_peft_and_gives_the_unmerged_logits(family, vision, shapes_with_labels,
                                                                               tmp_path):
     from vlft.train.run import train

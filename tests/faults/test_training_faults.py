@@ -60,6 +60,7 @@ def uninterrupted(shapes_data, tmp_path_factory):
     return final_weights(tmp / "run")
 
 
+@pytest.mark.slow  # the launcher three times per case (uninterrupted, killed, resumed): kept for the slow run
 @pytest.mark.parametrize("fault, resumes_from", [("kill_step:5", 4), ("kill_save:4", 2)])
 def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(shapes_data, tmp_path, uninterrupted, fault,
                                                                  resumes_from):

@@ -76,6 +76,7 @@ def test_classification_run_reports_top1_and_writes_predictions(shape_files, tmp
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # the deepspeed launcher with two ranks: kept for the slow run (.ci/run)
 def test_vit_trains_and_evaluates_under_zero3_with_two_ranks(shape_files, tmp_path):
     """The Trainer's DeepSpeed integration sizes ZeRO's "auto" buckets from the model's config; the loss it
     reports is the model's own (not multiplied by the number of ranks). With every parameter partitioned, an eval

@@ -46,10 +46,12 @@ def test_restarted_sweep_skips_finished_runs(tmp_path, shapes_data, capsys):
     for row in rows:  # each row carries its run's own eval accuracy and analysed slope, not a placeholder
         run_dir = tmp_path / "sweep" / row["run"]
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        slope = json.loads((run_dir / "weight_decomposition.json").read_text())["slope"]
+        fit = json.loads((run_dir / "weight_decomposition.json").read_text())
         assert float(row["vqa_accuracy"]) == metrics["eval"]["eval_vqa_accuracy"]
-        assert math.isfinite(slope) and float(row["decomposition_slope"]) == pytest.approx(slope)
+        assert math.isfinite(fit["slope"]) and float(row["decomposition_slope"]) == pytest.approx(fit["slope"])
+        assert float(row["decomposition_r"]) == pytest.approx(fit["pearson_r"])
     assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+    assert paths["decomposition_png"].read_bytes()[:4] == b"\x89PNG"
     assert "| full | - | 1 |" in paths["md"].read_text()
 
     finished = tmp_path / "sweep" / "full-s7" / "metrics.json"

@@ -85,9 +85,10 @@ SLOW = pytest.mark.slow  # the other combinations run in the slow run (.ci/run),
 
 @pytest.mark.parametrize("family, impl, zero", [
     pytest.param("llava", "vlft", None, marks=SLOW), pytest.param("llava", "peft", "zero2", marks=SLOW),
-    ("llava", "vlft", "zero2"), pytest.param("llava", "peft", "zero3", marks=SLOW), ("llava", "vlft", "zero3-strict"),
-    pytest.param("vl_bart", "vlft", "zero2", marks=SLOW), ("vl_bart", "vlft", "zero3-strict"),
-    ("llava_onevision", "vlft", "zero3-strict")])
+    pytest.param("llava", "vlft", "zero2", marks=SLOW), pytest.param("llava", "peft", "zero3", marks=SLOW),
+    ("llava", "vlft", "zero3-strict"), pytest.param("vl_bart", "vlft", "zero2", marks=SLOW),
+    pytest.param("vl_bart", "vlft", "zero3-strict", marks=SLOW),
+    pytest.param("llava_onevision", "vlft", "zero3-strict", marks=SLOW)])
 def test_losses_match_one_process_with_peft_dora(mixed_data, tmp_path, reference_losses, family, impl, zero):
     name = f"{family}-{impl}-{zero or 'single'}"
     losses = run(config(mixed_data, tmp_path / name, family, impl, zero), tmp_path, name, ranks=2 if zero else 1)

@@ -26,6 +26,7 @@ from transformers import PretrainedConfig
 
 from vlft.config import ModelConfig, RunConfig, TinyModelConfig
 from vlft.models.base import ModelBundle, ModelLoadError
+from vlft.ranks import log_main
 
 TOWERS = {"vision": ("encoder",), "head": ("head",)}
 TINY_ARCHITECTURE = "vit_tiny_patch16_224"
@@ -90,6 +91,19 @@ def _from_timm_export(directory: Path) -> tuple[ImageClassifier, list[str], dict
     return model, list(labels), _data_config(timm_model, None)
 
 
+_NEW_HEAD_ANNOUNCED: set[str] = set()
+
+
+def with_new_head(model: ImageClassifier, old_labels: list[str], labels: list[str], path: str) -> ImageClassifier:
+    """A pretrained classifier fine-tuned on other labels (a stage-1 base, then a new task): its encoder is
+    kept and the head starts afresh over the new labels, as with a timm encoder from the hub."""
+    if path not in _NEW_HEAD_ANNOUNCED:  # once per process: `vlft analyze` loads the base for every checkpoint
+        _NEW_HEAD_ANNOUNCED.add(path)
+        log_main(f"vit: {path} classifies {len(old_labels)} labels ({', '.join(old_labels[:4])}, ...), the training "
+                 f"data {len(labels)} ({', '.join(labels[:4])}, ...): its encoder is kept, the head starts afresh")
+    return ImageClassifier(model.encoder, len(labels))
+
+
 def load(model_cfg: ModelConfig, path: str, with_model: bool = True, labels: list[str] | None = None) -> ModelBundle:
     """A vlft ViT directory, a timm checkpoint directory, or a timm model name (pretrained encoder, new head
     over ``labels``)."""
@@ -97,12 +111,18 @@ def load(model_cfg: ModelConfig, path: str, with_model: bool = True, labels: lis
     if (directory / "config.json").is_file():
         config = json.loads((directory / "config.json").read_text())
         if "pretrained_cfg" in config:
-            model, labels, data_config = _from_timm_export(directory)
-            return _bundle(model.to(getattr(torch, model_cfg.dtype)), labels, data_config, path)
-        encoder = timm.create_model(config["architecture"], pretrained=False, num_classes=0, **config["model_args"])
-        model = ImageClassifier(encoder, len(config["labels"]))
-        model.load_state_dict(load_file(str(directory / "model.safetensors")))
-        return _bundle(model.to(getattr(torch, model_cfg.dtype)), config["labels"], config["data_config"], path)
+            model, saved_labels, data_config = _from_timm_export(directory)
+        else:
+            encoder = timm.create_model(config["architecture"], pretrained=False, num_classes=0,
+                                        **config["model_args"])
+            model, saved_labels, data_config = ImageClassifier(encoder, len(config["labels"])), config["labels"], \
+                config["data_config"]
+            model.load_state_dict(load_file(str(directory / "model.safetensors")))
+        if labels and list(labels) != list(saved_labels):
+            model = with_new_head(model, saved_labels, labels, path)
+        else:
+            labels = saved_labels
+        return _bundle(model.to(getattr(torch, model_cfg.dtype)), list(labels), data_config, path)
     if not labels:
         raise ModelLoadError(f"ViT '{path}': a new classification head needs the labels of the training data")
     try:
@@ -157,8 +177,19 @@ def build_tiny_for_run(cfg: RunConfig, out_dir: str | Path) -> Path:
 
 
 def load_for_run(cfg: RunConfig, path: str, with_model: bool = True) -> ModelBundle:
-    needs_labels = not (Path(path) / "config.json").is_file()
-    return load(cfg.model, path, with_model, labels=training_labels(cfg) if needs_labels else None)
+    """The checkpoint with a head over the training data's labels (a new one where the checkpoint's differ).
+    A checkpoint that has labels of its own keeps them when the training data is not at hand (a run evaluated
+    or served on another machine)."""
+    from vlft.data.records import DataError
+
+    try:
+        labels = training_labels(cfg)
+    except DataError as err:
+        if not (Path(path) / "config.json").is_file():
+            raise
+        log_main(f"vit: the training data cannot be read ({err}); {path} keeps its own labels")
+        labels = None
+    return load(cfg.model, path, with_model, labels=labels)
 
 
 def train_dataset(cfg: RunConfig, bundle: ModelBundle, on_error: str | None = None):

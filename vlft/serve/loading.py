@@ -94,7 +94,7 @@ def load_served(directory: str | Path, device: str | None = None) -> ServedModel
     if kind == "run":
         bundle = load_trained(directory, cfg)
     else:
-        bundle = get_family(cfg.model.family).load_for_run(cfg, str(directory))
+        bundle = get_family(cfg.model.family).load(cfg.model, str(directory))
     device = device or default_device()
     bundle.model = bundle.model.to(device).eval()
     return ServedModel(directory=directory, kind=kind, cfg=cfg, bundle=bundle, device=device)
