@@ -89,30 +89,40 @@ def test_a_stage1_vit_is_the_base_of_every_method_and_analyze_measures_against_i
     assert from_scratch[1] != pytest.approx(expected[1], rel=0.05)
 
 
-def test_a_stage1_llava_is_the_base_of_a_dora_run_and_analyze_measures_against_it(shapes_data, tmp_path):
-    from transformers import LlavaForConditionalGeneration
-
+@pytest.fixture(scope="module")
+def llava_stage1(shapes_data, tmp_path_factory):
+    """Stage 1: the tiny LLaVA trained in full (every tower), merged into a transformers checkpoint."""
     from vlft.train.run import train
 
-    stage1 = tiny_config_dict(shapes_data, tmp_path / "stage1", max_steps=3, lr=1e-2)
+    root = tmp_path_factory.mktemp("llava_stage1")
+    stage1 = tiny_config_dict(shapes_data, root / "run", max_steps=3, lr=1e-2)
     stage1["adapters"].update(language="full", vision="full", projector="full")
     train(config_from_dict(stage1))
-    merge_run(tmp_path / "stage1", tmp_path / "base")
+    merge_run(root / "run", root / "base")
+    return root
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "dora"])
+def test_a_stage1_llava_is_the_base_of_every_method_and_analyze_measures_against_it(llava_stage1, shapes_data,
+                                                                                  tmp_path, method):
+    from transformers import LlavaForConditionalGeneration
+
+    from vlft.runs import load_run_config, load_trained, with_adapters_merged
+    from vlft.train.run import train
 
     stage2 = tiny_config_dict(shapes_data, tmp_path / "stage2", max_steps=2, lr=1e-2)
-    stage2["model"]["name_or_path"] = str(tmp_path / "base")
+    stage2["model"]["name_or_path"] = str(llava_stage1 / "base")
+    stage2["adapters"].update(language=method, vision=method)
     result = train(config_from_dict(stage2))
     assert "eval_vqa_accuracy" in result.metrics["eval"]
 
     layer = "model.language_model.layers.0.self_attn.q_proj"
-    analysis = analyze_run(tmp_path / "stage2")
-    point = next(p for p in analysis.points if p["layer"] == layer)
-    from vlft.runs import load_run_config, load_trained, with_adapters_merged
-
+    point = next(p for p in analyze_run(tmp_path / "stage2").points if p["layer"] == layer)
     cfg = load_run_config(tmp_path / "stage2" / "config.yaml", ["adapters.dora_impl=peft"])
     trained, _ = with_adapters_merged(load_trained(tmp_path / "stage2", cfg).model)
-    base = LlavaForConditionalGeneration.from_pretrained(tmp_path / "base").get_submodule(layer).weight
+    base = LlavaForConditionalGeneration.from_pretrained(llava_stage1 / "base").get_submodule(layer).weight
     expected = decomposition_change(base, trained.get_submodule(layer).weight)
     assert (point["delta_m"], point["delta_d"]) == pytest.approx(expected, rel=1e-6)
-    scratch = LlavaForConditionalGeneration.from_pretrained(tmp_path / "stage1" / "base_model")
+    assert point["delta_d"] > 0  # the run moved away from the stage-1 weights it started from
+    scratch = LlavaForConditionalGeneration.from_pretrained(llava_stage1 / "run" / "base_model")
     assert not torch.equal(scratch.get_submodule(layer).weight, base)
