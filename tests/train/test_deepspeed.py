@@ -9,8 +9,10 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.conftest import REPO, free_port, strict_zero3, tiny_config_dict, write_mixed_dataset
@@ -30,11 +32,14 @@ def run(cfg: dict, tmp_path, name: str, ranks: int) -> list[float]:
     if ranks == 1:
         cmd = [sys.executable, "scripts/train.py", str(config)]
     else:
-        cmd = [shutil.which("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()),
+        port = free_port()
+        cmd = [shutil.which("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(port),
                "scripts/train.py", str(config)]
     # headroom for a machine busy with other jobs; a hang still shows as a timeout
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    if ranks > 1 and not torch.cuda.is_available():  # DeepSpeed's CPU allreduce buffers (66 MB each, in memory)
+        assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*")), "left in /dev/shm"
     state = json.loads((tmp_path / name / f"checkpoint-{STEPS}" / "trainer_state.json").read_text())
     return [h["loss"] for h in state["log_history"] if "loss" in h]
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import time
@@ -136,6 +137,18 @@ def limit_cpu_threads() -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
 
 
+def remove_cpu_allreduce_buffer_at_exit() -> None:
+    """DeepSpeed's shared-memory allreduce (CPU accelerator, all ranks on one host) creates a 66 MB buffer per
+    rank in /dev/shm and never removes it: every run would leave its buffers behind, in memory, until the host
+    runs out of it. Each rank removes its own at exit (a peer's mapping of it stays valid until it exits)."""
+    if torch.cuda.is_available() or not Path("/dev/shm").is_dir():
+        return
+    env = os.environ
+    where = f"{env.get('MASTER_ADDR')}_{env.get('MASTER_PORT')}_{env.get('RANK')}"
+    buffer = Path("/dev/shm") / f"deepspeed_allreduce_buffer_{os.getuid()}_{where}"  # DeepSpeed's shm.cpp naming
+    atexit.register(lambda: buffer.unlink(missing_ok=True))
+
+
 def set_collective_timeout(seconds: int) -> None:
     """training.ddp_timeout on the process group: transformers hands TrainingArguments.ddp_timeout to it on GPUs
     only, and CPU ranks kept the 30-minute default."""
@@ -159,6 +172,7 @@ def train(cfg: RunConfig) -> TrainResult:
         import deepspeed
 
         deepspeed.init_distributed()  # ...and asks deepspeed.comm for it, which must know the process group
+        remove_cpu_allreduce_buffer_at_exit()
     nodes = len(gather_from_nodes(None))  # also the barrier after which the tiny base model is whole on every node
     if outputs_on_each_node(cfg):
         args = build_training_arguments(cfg, on_each_node=True)
