@@ -162,10 +162,11 @@ def plot_decomposition(runs: list[SweepRun], analyses: dict, path: Path) -> None
 
     ranks = sorted({r.rank for r in runs if r.rank is not None})
     shown = ranks[len(ranks) // 2] if ranks else None
-    panels = {}
+    panels, methods = {}, set()
     for run in runs:
-        if run.name in analyses and run.rank in (None, shown) and run.method not in {p.split()[0] for p in panels}:
-            panels[f"{run.method}" + (f" r{run.rank}" if run.rank else "") + f" seed {run.seed}"] = analyses[run.name]
+        if run.name in analyses and run.rank in (None, shown) and run.method not in methods:
+            methods.add(run.method)
+            panels[run.method + (f" r{run.rank}" if run.rank else "") + f" seed {run.seed}"] = analyses[run.name]
     plot_analyses(panels, path)
 
 

@@ -115,8 +115,8 @@ def load(model_cfg: ModelConfig, path: str, with_model: bool = True, labels: lis
         else:
             encoder = timm.create_model(config["architecture"], pretrained=False, num_classes=0,
                                         **config["model_args"])
-            model, saved_labels, data_config = ImageClassifier(encoder, len(config["labels"])), config["labels"], \
-                config["data_config"]
+            saved_labels, data_config = config["labels"], config["data_config"]
+            model = ImageClassifier(encoder, len(saved_labels))
             model.load_state_dict(load_file(str(directory / "model.safetensors")))
         if labels and list(labels) != list(saved_labels):
             model = with_new_head(model, saved_labels, labels, path)
