@@ -10,6 +10,7 @@ from tests.conftest import COLORS, SHAPES, draw, tiny_config_dict
 from vlft.analyze import analyze_run, decomposition_change
 from vlft.config import ModelConfig, config_from_dict
 from vlft.merge import merge_run
+from vlft.runs import load_run_config, load_trained, with_adapters_merged
 
 VIT_TINY = {"image_size": 32, "patch_size": 8, "vision_hidden_size": 32, "vision_layers": 1, "num_heads": 2}
 
@@ -51,6 +52,13 @@ def vit_stage1(label_files, tmp_path_factory):
     return root
 
 
+def trained_weight(run_dir, layer: str) -> torch.Tensor:
+    """A layer's weight as the run left it, adapters folded in by peft's merge."""
+    cfg = load_run_config(run_dir / "config.yaml", ["adapters.dora_impl=peft"])
+    model, _ = with_adapters_merged(load_trained(run_dir, cfg).model)
+    return model.get_submodule(layer).weight
+
+
 def vision_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("encoder.")}
 
@@ -78,14 +86,11 @@ def test_a_stage1_vit_is_the_base_of_every_method_and_analyze_measures_against_i
     analysis = analyze_run(tmp_path / method)
     layer = "encoder.blocks.0.attn.qkv"
     point = next(p for p in analysis.points if p["layer"] == layer)
-    from vlft.runs import load_trained, with_adapters_merged
-
-    trained, _ = with_adapters_merged(load_trained(tmp_path / method, cfg).model)
-    trained_weight = trained.get_submodule(layer).weight
-    expected = decomposition_change(stage1.model.get_submodule(layer).weight, trained_weight)
+    trained = trained_weight(tmp_path / method, layer)
+    expected = decomposition_change(stage1.model.get_submodule(layer).weight, trained)
     assert (point["delta_m"], point["delta_d"]) == pytest.approx(expected, rel=1e-6)
     # against the random-init build stage 1 started from, the figures would differ
-    from_scratch = decomposition_change(tiny.model.get_submodule(layer).weight, trained_weight)
+    from_scratch = decomposition_change(tiny.model.get_submodule(layer).weight, trained)
     assert from_scratch[1] != pytest.approx(expected[1], rel=0.05)
 
 
@@ -107,7 +112,6 @@ def test_a_stage1_llava_is_the_base_of_every_method_and_analyze_measures_against
                                                                                   tmp_path, method):
     from transformers import LlavaForConditionalGeneration
 
-    from vlft.runs import load_run_config, load_trained, with_adapters_merged
     from vlft.train.run import train
 
     stage2 = tiny_config_dict(shapes_data, tmp_path / "stage2", max_steps=2, lr=1e-2)
@@ -118,10 +122,8 @@ def test_a_stage1_llava_is_the_base_of_every_method_and_analyze_measures_against
 
     layer = "model.language_model.layers.0.self_attn.q_proj"
     point = next(p for p in analyze_run(tmp_path / "stage2").points if p["layer"] == layer)
-    cfg = load_run_config(tmp_path / "stage2" / "config.yaml", ["adapters.dora_impl=peft"])
-    trained, _ = with_adapters_merged(load_trained(tmp_path / "stage2", cfg).model)
     base = LlavaForConditionalGeneration.from_pretrained(llava_stage1 / "base").get_submodule(layer).weight
-    expected = decomposition_change(base, trained.get_submodule(layer).weight)
+    expected = decomposition_change(base, trained_weight(tmp_path / "stage2", layer))
     assert (point["delta_m"], point["delta_d"]) == pytest.approx(expected, rel=1e-6)
     assert point["delta_d"] > 0  # the run moved away from the stage-1 weights it started from
     scratch = LlavaForConditionalGeneration.from_pretrained(llava_stage1 / "run" / "base_model")
