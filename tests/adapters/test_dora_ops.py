@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
 
 from vlft.adapters import apply_adapters
+from vlft.adapters.dora import use_vlft_dora
 from vlft.config import AdaptersConfig, ModelConfig, TinyModelConfig
 from vlft.models.llava import build_tiny, load
 
@@ -94,3 +97,30 @@ def test_no_fp32_copy_of_a_bf16_weight(tiny_llava):
     vlft, _ = profile_step(tiny_llava, "dora", "vlft", "bf16-base", 0.0, shapes=True)
     assert fp32_weight_copies(peft)  # what the check would see
     assert fp32_weight_copies(vlft) == []
+
+
+def conv_step_ops(impl: str, autocast: torch.dtype | None, dropout: float) -> int:
+    """aten ops of one forward and backward of a lone DoRA Conv2d (a ViT patch embedding in miniature)."""
+    torch.manual_seed(0)
+    model = get_peft_model(nn.Sequential(nn.Conv2d(3, 16, kernel_size=4, stride=4)),
+                           LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=["0"], use_dora=True))
+    if impl == "vlft":
+        use_vlft_dora(model)
+    images = torch.randn(2, 3, 16, 16)
+
+    def step():
+        with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            out = model(images)
+        out.float().pow(2).mean().backward()
+
+    step()
+    with torch.profiler.profile() as prof:
+        step()
+    return sum(e.name.startswith("aten::") for e in prof.events())
+
+
+@pytest.mark.parametrize("autocast, dropout", [(None, 0.0), (None, 0.1), (torch.bfloat16, 0.0)])
+def test_a_conv2d_dora_layer_runs_no_more_aten_ops_than_peft(autocast, dropout):
+    vlft, peft = conv_step_ops("vlft", autocast, dropout), conv_step_ops("peft", autocast, dropout)
+    print(f"Conv2d DoRA, autocast {autocast}, dropout {dropout}: aten ops vlft {vlft}, peft {peft}")
+    assert vlft <= peft

@@ -15,6 +15,8 @@ never reads a weight in backward, reads ``ctx.saved_tensors`` once and changes n
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 # CPU reductions cast a low-precision input to fp32 whole before reducing (CUDA reads bf16 and accumulates
@@ -25,6 +27,17 @@ _CPU_NORM_BLOCK = 1 << 22
 def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``t.to(dtype)``, without dispatching anything when it is already that dtype."""
     return t if t.dtype == dtype else t.to(dtype)
+
+
+def autocast_off(device_type: str):
+    """Autocast switched off for code whose every dtype is chosen on purpose; nothing to enter (a few µs a
+    layer, which count where steps are launch-bound) when autocast is off already."""
+    return torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else nullcontext()
+
+
+def promoted(a: torch.dtype, b: torch.dtype) -> torch.dtype:
+    """``torch.promote_types``, which the profiler counts as an op, only where the dtypes differ."""
+    return a if a == b else torch.promote_types(a, b)
 
 
 def _into(dtype: torch.dtype, op, *args, **kwargs) -> torch.Tensor:
@@ -68,21 +81,22 @@ def inv_weight_norm(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Te
     """
     W, B = _matrix(weight), _matrix(lora_B)
     A = as_dtype(_matrix(lora_A), B.dtype)
-    with torch.autocast(W.device.type, enabled=False):  # autocast would copy W to its dtype
+    A_t = A.t()  # one transposed view for both products
+    with autocast_off(W.device.type):  # autocast would copy W to its dtype
         # (out, r): 2s·W·Aᵀ + s²·B·A·Aᵀ, the first product fresh, so the second adds into it in place
-        cross = as_dtype(torch.mm(W, as_dtype(A, W.dtype).t()), B.dtype)
-        cross.addmm_(B, torch.mm(A, A.t()), beta=2 * scaling, alpha=scaling * scaling)
+        cross = as_dtype(torch.mm(W, as_dtype(A_t, W.dtype)), B.dtype)
+        cross.addmm_(B, torch.mm(A, A_t), beta=2 * scaling, alpha=scaling * scaling)
         norms = _row_norms(W)
         squared = torch.addcmul(as_dtype((B * cross).sum(dim=1), torch.float32), norms, norms)
     # clamp: a tiny update can round the sum a hair below zero; a zero row gives inf, as peft's m / 0 does
     return squared.clamp_min_(0).rsqrt_()
 
 
-def _token_sum(a: torch.Tensor, b: torch.Tensor, channel_dim: int) -> torch.Tensor:
+def _token_sum(a: torch.Tensor, b: torch.Tensor, channel_dim: int, keepdim: bool = False) -> torch.Tensor:
     """Σ a ⊙ b over every dim but ``channel_dim``, accumulated in fp32 (fp16 gradients with loss scaling
     would overflow a low-precision sum over all tokens)."""
     dims = [d for d in range(a.dim()) if d != channel_dim]
-    return torch.sum(a * b, dim=dims, dtype=torch.float32)
+    return torch.sum(a * b, dim=dims, keepdim=keepdim, dtype=torch.float32)
 
 
 class DoraLinearFn(torch.autograd.Function):
@@ -100,7 +114,7 @@ class DoraLinearFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, result, y_drop, lora_A, lora_B, magnitude, inv_norm, bias, scaling: float, lora_dtype):
-        out_dtype = torch.promote_types(lora_dtype, result.dtype)
+        out_dtype = promoted(lora_dtype, result.dtype)
         g = inv_norm * magnitude  # fp32
         delta = _into(out_dtype, torch.sub, g, 1)
         scaled_g = _into(lora_B.dtype, torch.mul, g, scaling)
@@ -109,7 +123,7 @@ class DoraLinearFn(torch.autograd.Function):
         y = result if y_drop is None else y_drop
         if bias is not None:  # y − b, saved instead of y: the bias then needs nothing more, here or in backward
             y = y - as_dtype(bias, y.dtype)
-        with torch.autocast(x.device.type, enabled=False):  # every dtype here is chosen on purpose
+        with autocast_off(x.device.type):  # every dtype here is chosen on purpose
             h = as_dtype(torch.mm(x2, A.t()), out_dtype)  # (N, r)
             B_scaled = as_dtype(lora_B * scaled_g.unsqueeze(1), out_dtype)  # (out, r)
             out = torch.addcmul(result, y, delta)
@@ -154,19 +168,26 @@ class DoraScaleFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, result, y_drop, lora, magnitude, inv_norm, bias, scaling: float, channel_dim: int):
+        # per-channel vectors as (1, out, 1, 1) for a Conv2d (peft's magnitude already is), as they are for a Linear
+        channels_last = channel_dim == result.dim() - 1
         shape = [1] * result.dim()
         shape[channel_dim] = -1
-        dtype = torch.promote_types(result.dtype, lora.dtype)
-        g = inv_norm.view(shape) * magnitude  # peft's Conv2d magnitude is (1, out, 1, 1): no reshape needed
+        dtype = promoted(result.dtype, lora.dtype)
+        inv_norm = inv_norm if channels_last else inv_norm.view(shape)
+        g = inv_norm * magnitude
         delta = _into(dtype, torch.sub, g, 1)
         scaled_g = _into(dtype, torch.mul, g, scaling)
         z_plus_b = torch.add(result if y_drop is None else y_drop, lora, alpha=scaling)
-        z = z_plus_b if bias is None else z_plus_b - as_dtype(bias, dtype).view(shape)
+        if bias is not None:
+            bias = as_dtype(bias, dtype)
+            z = z_plus_b - (bias if channels_last else bias.view(shape))
+        else:
+            z = z_plus_b
         if y_drop is not None:
             z_plus_b = torch.add(result, lora, alpha=scaling)  # result + s·lora
         out = torch.addcmul(z_plus_b, z, delta)
         ctx.save_for_backward(z, delta, scaled_g, inv_norm)
-        ctx.channel_dim, ctx.dropout = channel_dim, y_drop is not None
+        ctx.channel_dim, ctx.channels_last, ctx.dropout = channel_dim, channels_last, y_drop is not None
         ctx.magnitude_dtype, ctx.magnitude_shape = magnitude.dtype, magnitude.shape
         return out
 
@@ -182,6 +203,8 @@ class DoraScaleFn(torch.autograd.Function):
         if needs[2]:
             grad_lora = grad_out * scaled_g
         if needs[3]:
-            summed = _token_sum(grad_out, z, ctx.channel_dim)
-            grad_m = _into(ctx.magnitude_dtype, torch.mul, summed, inv_norm).view(ctx.magnitude_shape)
+            summed = _token_sum(grad_out, z, ctx.channel_dim, keepdim=not ctx.channels_last)
+            grad_m = _into(ctx.magnitude_dtype, torch.mul, summed, inv_norm)
+            if grad_m.shape != ctx.magnitude_shape:
+                grad_m = grad_m.view(ctx.magnitude_shape)
         return grad_result, grad_y, grad_lora, grad_m, None, None, None, None

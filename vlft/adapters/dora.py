@@ -35,17 +35,6 @@ from torch import nn
 from vlft.adapters._dora_autograd import DoraLinearFn, DoraScaleFn, as_dtype, inv_weight_norm
 
 
-@contextmanager
-def _gathered_if_partitioned(weight: torch.Tensor):
-    """ZeRO-3 normally holds W gathered while its module runs; gather it (read-only) only if it is not."""
-    status = getattr(weight, "ds_status", None)
-    if status is None or status.name != "NOT_AVAILABLE":
-        yield
-        return
-    with gather_params_ctx(weight, modifier_rank=None):
-        yield
-
-
 def layer_inv_norm(module: LoraLayer, adapter: str, weight: torch.Tensor | None = None) -> torch.Tensor:
     """1 / ||W + s·B·A|| per output channel (fp32) of one DoRA layer; W dequantized if the base is quantized
     (``weight``: the dequantized W, when the caller has made it already).
@@ -66,10 +55,15 @@ def layer_inv_norm(module: LoraLayer, adapter: str, weight: torch.Tensor | None 
 
 def _compute_inv_norm(module: LoraLayer, adapter: str, weight: torch.Tensor | None) -> torch.Tensor:
     base = module.get_base_layer()
-    with _gathered_if_partitioned(base.weight), torch.no_grad():
-        weight = dequantized_weight(base) if weight is None else weight
-        return inv_weight_norm(weight, module.lora_A[adapter].weight, module.lora_B[adapter].weight,
-                               module.scaling[adapter])
+    lora_A, lora_B, scaling = module.lora_A[adapter].weight, module.lora_B[adapter].weight, module.scaling[adapter]
+    with torch.no_grad():
+        if weight is not None:
+            return inv_weight_norm(weight, lora_A, lora_B, scaling)
+        status = getattr(getattr(base, "weight", None), "ds_status", None)
+        if status is None or status.name != "NOT_AVAILABLE":  # ZeRO-3 holds W gathered while its module runs
+            return inv_weight_norm(dequantized_weight(base), lora_A, lora_B, scaling)
+        with gather_params_ctx(base.weight, modifier_rank=None):  # else gather it here, read-only
+            return inv_weight_norm(dequantized_weight(base), lora_A, lora_B, scaling)
 
 
 def dequantized_weight(base: nn.Module) -> torch.Tensor:
