@@ -2,6 +2,7 @@
 
     python benchmarks/dora_step.py                       # the full table
     python benchmarks/dora_step.py --hidden 1024 --rank 16
+    python benchmarks/dora_step.py --case vit-patch-embed --case resnet-stage   # the Conv2d cases only
     python benchmarks/dora_step.py --llava-7b --device cuda   # LLaVA-1.5-7B's language-model shapes, bf16
     python benchmarks/dora_step.py --json                # rows as JSON
 
@@ -11,13 +12,17 @@ batch 2 x 256 tokens, AdamW. `--llava-7b`: LLaVA-1.5-7B's language model shapes 
 stage (two 3x3 convs, 128 channels, 56x56). `base` is the frozen model's forward and backward (gradients
 flow to the input, no optimizer). On CUDA the models run in bf16, on the CPU in fp32 (`--dtype` to change).
 
-`step_s` is the median step time; the four implementations of a case are timed in one process with their
-steps interleaved, so that drift of the machine hits them alike. `peak_mb` is the peak resident memory (CPU)
-or peak allocated memory (CUDA) of each implementation alone in its own process, and `saved_mb` what autograd
-holds for backward after one forward: the activation memory exactly (resident memory also counts the
-allocator's heap growth). `ops` is what one step (forward, backward, optimizer) launches, counted with
-torch.profiler: GPU kernels on CUDA, aten ops on the CPU; `syncs` the host syncs of its forward and backward
-(CUDA: stream/device synchronizations; CPU: reads of a tensor's value into Python, syncs on a GPU).
+`step_s` is the median step time. The four implementations of a case are timed in one process, one step of
+each per round, so that drift of the machine hits them alike, and in an order that turns by one each round,
+so that none always runs right after the same other one (on a CPU the step before leaves the caches and the
+heap as it likes). `x lora` and `x peft` are paired: the median over rounds of a step's time over LoRA's (or
+peft-DoRA's) in the same round; `lora q1-q3` the quartiles of that ratio, the spread a single figure hides.
+`peak_mb` is the peak resident memory (CPU) or peak allocated memory (CUDA) of each implementation alone in its
+own process, and `saved_mb` what autograd holds for backward after one forward: the activation memory exactly
+(resident memory also counts the allocator's heap growth). `ops` is what one step (forward, backward,
+optimizer) launches, counted with torch.profiler: GPU kernels on CUDA, aten ops on the CPU; `syncs` the host
+syncs of its forward and backward (CUDA: stream/device synchronizations; CPU: reads of a tensor's value into
+Python, syncs on a GPU).
 """
 
 from __future__ import annotations
@@ -213,15 +218,28 @@ def memory_worker(spec: dict, impl: str, device: str, dtype: str | None, steps: 
 
 
 def timing_worker(spec: dict, device: str, dtype: str | None, steps: int, warmup: int) -> dict:
-    """Median step time of every implementation, their steps interleaved so that machine drift hits all alike."""
-    steppers = {impl: _setup(spec, impl, device, dtype)[3] for impl in IMPLS}
+    """Per implementation: median step time and the paired ratios to LoRA and peft-DoRA (see the module doc)."""
+    steppers = [(impl, _setup(spec, impl, device, dtype)[3]) for impl in IMPLS]
     times = {impl: [] for impl in IMPLS}
     for i in range(warmup + steps):
-        for impl, step in steppers.items():
+        turn = i % len(steppers)
+        for impl, step in steppers[turn:] + steppers[:turn]:
             elapsed = step()
             if i >= warmup:
                 times[impl].append(elapsed)
-    return {impl: round(statistics.median(t), 5) for impl, t in times.items()}
+    return {impl: {"step_s": round(statistics.median(t), 5), **paired_ratios(t, times)} for impl, t in times.items()}
+
+
+def paired_ratios(own: list[float], times: dict[str, list[float]]) -> dict:
+    """x_lora (median of own/LoRA over rounds), its quartiles x_lora_q1 and x_lora_q3, and x_peft."""
+    out = {}
+    for name, other in (("x_lora", times["lora"]), ("x_peft", times["peft-dora"])):
+        ratios = [a / b for a, b in zip(own, other, strict=True)]
+        out[name] = round(statistics.median(ratios), 4)
+        if name == "x_lora" and len(ratios) > 1:
+            q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+            out["x_lora_q1"], out["x_lora_q3"] = round(q1, 4), round(q3, 4)
+    return out
 
 
 def run_worker(args: list[str], threads: int) -> dict:
@@ -236,13 +254,13 @@ def run_worker(args: list[str], threads: int) -> dict:
 
 def measure_case(spec: dict, args) -> list[dict]:
     common = ["--device", args.device, *(["--dtype", args.dtype] if args.dtype else [])]
-    step_s = run_worker(["--time-worker", json.dumps(spec), "--steps", str(args.steps), "--warmup",
+    timing = run_worker(["--time-worker", json.dumps(spec), "--steps", str(args.steps), "--warmup",
                          str(args.warmup), *common], args.threads)
     rows = []
     for impl in IMPLS:
         row = run_worker(["--memory-worker", json.dumps(spec), impl, "--steps", "2", "--warmup", "1", *common],
                          args.threads)
-        rows.append({**row, "step_s": step_s[impl]})
+        rows.append({**row, **timing[impl]})
     return rows
 
 
@@ -256,33 +274,35 @@ def plan(args) -> list[dict]:
     cases = [case_spec("llama", h, r, **shape) for h in hiddens for r in ranks]
     if not args.hidden:
         cases += [case_spec(c, 0, r) for c in CONV_CASES for r in ranks]
-    return cases
+    return [c for c in cases if c["case"] in args.case] if args.case else cases
 
 
 def print_table(rows: list[dict]) -> None:
     cuda = rows[0]["device"].startswith("cpu") is False
     print(f"device: {rows[0]['device']}, dtype {rows[0]['dtype']}; ops = {'GPU kernels' if cuda else 'aten ops'}"
           " per step")
-    header = ("case", "hidden", "rank", "impl", "step_s", "x lora", "x peft", "peak_mb", "vs lora", "saved_mb",
-              "vs lora", "ops", "syncs")
-    line = "{:<16} {:>6} {:>4} {:<10} {:>9} {:>7} {:>7} {:>9} {:>8} {:>9} {:>8} {:>6} {:>5}"
+    header = ("case", "hidden", "rank", "impl", "step_s", "x lora", "lora q1-q3", "x peft", "peak_mb", "vs lora",
+              "saved_mb", "vs lora", "ops", "syncs")
+    line = "{:<16} {:>6} {:>4} {:<10} {:>9} {:>7} {:>11} {:>7} {:>9} {:>8} {:>9} {:>8} {:>6} {:>5}"
     print(line.format(*header))
     by_key = {(r["case"], r["hidden"], r["rank"], r["impl"]): r for r in rows}
     for r in rows:
-        key = r["case"], r["hidden"], r["rank"]
-        lora, peft = by_key.get((*key, "lora")), by_key.get((*key, "peft-dora"))
-        ratio = f"{r['step_s'] / lora['step_s']:.2f}" if lora else ""
-        vs_peft = f"{r['step_s'] / peft['step_s']:.2f}" if peft and r["impl"] == "vlft-dora" else ""
-        mem = f"{100 * (r['peak_mb'] / lora['peak_mb'] - 1):+.1f}%" if lora else ""
-        saved = f"{100 * (r['saved_mb'] / lora['saved_mb'] - 1):+.1f}%" if lora and lora["saved_mb"] else ""
-        print(line.format(r["case"], r["hidden"], r["rank"], r["impl"], f"{r['step_s']:.4f}", ratio, vs_peft,
-                          f"{r['peak_mb']:.1f}", mem, f"{r['saved_mb']:.1f}", saved, r["ops"], r["syncs"]))
+        lora = by_key[r["case"], r["hidden"], r["rank"], "lora"]
+        spread = f"{r['x_lora_q1']:.2f}-{r['x_lora_q3']:.2f}" if "x_lora_q1" in r else ""
+        vs_peft = f"{r['x_peft']:.2f}" if r["impl"] == "vlft-dora" else ""
+        mem = f"{100 * (r['peak_mb'] / lora['peak_mb'] - 1):+.1f}%"
+        saved = f"{100 * (r['saved_mb'] / lora['saved_mb'] - 1):+.1f}%" if lora["saved_mb"] else ""
+        print(line.format(r["case"], r["hidden"], r["rank"], r["impl"], f"{r['step_s']:.4f}", f"{r['x_lora']:.2f}",
+                          spread, vs_peft, f"{r['peak_mb']:.1f}", mem, f"{r['saved_mb']:.1f}", saved, r["ops"],
+                          r["syncs"]))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, help="one Llama hidden size (skips the Conv2d cases)")
     parser.add_argument("--rank", type=int, help="one rank")
+    parser.add_argument("--case", action="append", choices=("llama", *CONV_CASES),
+                        help="only these cases (repeat the option for more)")
     parser.add_argument("--llava-7b", action="store_true", help="LLaVA-1.5-7B's language-model shapes only")
     parser.add_argument("--intermediate", type=int, help="Llama MLP width (default 2.75 x hidden)")
     parser.add_argument("--layers", type=int, help="Llama layers (default 4)")
@@ -291,7 +311,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
                         help="default bfloat16 on CUDA, float32 on the CPU")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per row")
+    parser.add_argument("--steps", type=int, default=8,
+                        help="timed rounds per row (a multiple of 4 puts each implementation in each place equally)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per worker")
     parser.add_argument("--json", action="store_true", help="print rows as a JSON list")

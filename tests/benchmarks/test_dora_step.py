@@ -25,6 +25,8 @@ def test_llava_7b_plans_the_language_model_shapes_and_takes_overrides():
                     "seq": 2048}
     (spec,) = dora_step.plan(dora_step.parse_args(["--llava-7b", "--layers", "1", "--seq", "8"]))
     assert (spec["hidden"], spec["layers"], spec["seq"]) == (4096, 1, 8)
+    specs = dora_step.plan(dora_step.parse_args(["--case", "resnet-stage", "--rank", "8"]))
+    assert [(s["case"], s["rank"]) for s in specs] == [("resnet-stage", 8)]
     specs = dora_step.plan(dora_step.parse_args(["--hidden", "1024", "--rank", "16"]))
     assert [(s["hidden"], s["intermediate"], s["rank"], s["batch"], s["seq"]) for s in specs] == [
         (1024, 2816, 16, 2, 256)]
@@ -40,6 +42,27 @@ def test_step_work_counts_show_what_dora_adds_over_lora():
     lora, peft, vlft = (rows[i]["ops"] for i in ("lora", "peft-dora", "vlft-dora"))
     assert lora < vlft < peft
     assert all(r["peak_mb"] > 0 and r["dtype"] == "float32" for r in rows.values())
+
+
+def test_ratios_are_paired_by_round_with_their_quartiles():
+    # LoRA drifts from 1.0 to 2.0 s, DoRA is 1.1x it in every round but one: a ratio of medians would mix rounds
+    times = {"lora": [1.0, 1.0, 2.0, 2.0], "peft-dora": [2.0, 2.0, 4.0, 4.0], "vlft-dora": [1.1, 1.1, 2.2, 3.0]}
+    got = dora_step.paired_ratios(times["vlft-dora"], times)
+    assert got == {"x_lora": 1.1, "x_lora_q1": 1.1, "x_lora_q3": 1.2, "x_peft": 0.55}
+
+
+def test_the_timing_rounds_turn_the_order_of_the_implementations(monkeypatch):
+    order = []
+
+    def fake_setup(spec, impl, device, dtype):
+        return None, None, None, lambda: order.append(impl) or 1.0, device, dtype
+
+    monkeypatch.setattr(dora_step, "_setup", fake_setup)
+    timing = dora_step.timing_worker({}, "cpu", None, steps=4, warmup=0)
+    impls = list(dora_step.IMPLS)
+    assert [order[i * 4] for i in range(4)] == impls  # each round starts one further along
+    assert order[4:8] == impls[1:] + impls[:1]
+    assert timing["vlft-dora"] == {"step_s": 1.0, "x_lora": 1.0, "x_lora_q1": 1.0, "x_lora_q3": 1.0, "x_peft": 1.0}
 
 
 def test_a_value_read_in_forward_counts_as_a_host_sync():
