@@ -203,3 +203,31 @@ def test_gradients_survive_an_in_place_op_on_the_output_and_a_zero_magnitude(in_
         torch.testing.assert_close(grads[1][name], want, rtol=0, atol=1e-6 * want.abs().max().item())
         if zero_magnitude and "magnitude" in name:
             assert want[:3].abs().min() > 0  # the zero channels' gradients are there to get right
+
+
+@pytest.mark.parametrize("status", ["NOT_AVAILABLE", "AVAILABLE"])
+def test_the_norm_gathers_a_zero3_partitioned_weight_only_when_it_is_not_held(monkeypatch, status):
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from vlft.adapters import dora
+
+    torch.manual_seed(0)
+    model = get_peft_model(nn.Sequential(nn.Linear(8, 6)), LoraConfig(r=2, lora_alpha=4, use_dora=True,
+                                                                        target_modules=["0"]))
+    layer = model.base_model.model[0]
+    with torch.no_grad():
+        layer.lora_B["default"].weight.normal_()
+    want = dora.layer_inv_norm(layer, "default")
+    gathered = []
+
+    @contextmanager
+    def fake_gather(param, modifier_rank):
+        gathered.append((param, modifier_rank))
+        yield
+
+    monkeypatch.setattr(dora, "gather_params_ctx", fake_gather)
+    layer.base_layer.weight.ds_status = SimpleNamespace(name=status)
+    torch.testing.assert_close(dora.layer_inv_norm(layer, "default"), want, rtol=0, atol=0)
+    # gathered read-only (no rank writes back), and only when ZeRO-3 does not hold it already
+    assert gathered == ([(layer.base_layer.weight, None)] if status == "NOT_AVAILABLE" else [])

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextvars
 import threading
 import types
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from peft.tuners.lora import dora as peft_dora
@@ -55,15 +55,13 @@ def layer_inv_norm(module: LoraLayer, adapter: str, weight: torch.Tensor | None 
 
 def _compute_inv_norm(module: LoraLayer, adapter: str, weight: torch.Tensor | None) -> torch.Tensor:
     base = module.get_base_layer()
-    lora_A, lora_B, scaling = module.lora_A[adapter].weight, module.lora_B[adapter].weight, module.scaling[adapter]
-    with torch.no_grad():
-        if weight is not None:
-            return inv_weight_norm(weight, lora_A, lora_B, scaling)
-        status = getattr(getattr(base, "weight", None), "ds_status", None)
-        if status is None or status.name != "NOT_AVAILABLE":  # ZeRO-3 holds W gathered while its module runs
-            return inv_weight_norm(dequantized_weight(base), lora_A, lora_B, scaling)
-        with gather_params_ctx(base.weight, modifier_rank=None):  # else gather it here, read-only
-            return inv_weight_norm(dequantized_weight(base), lora_A, lora_B, scaling)
+    status = getattr(getattr(base, "weight", None), "ds_status", None)
+    # ZeRO-3 holds W gathered while its module runs; gather it here (read-only) only if it is not
+    partitioned = weight is None and status is not None and status.name == "NOT_AVAILABLE"
+    gathered = gather_params_ctx(base.weight, modifier_rank=None) if partitioned else nullcontext()
+    with gathered, torch.no_grad():
+        return inv_weight_norm(dequantized_weight(base) if weight is None else weight,
+                               module.lora_A[adapter].weight, module.lora_B[adapter].weight, module.scaling[adapter])
 
 
 def dequantized_weight(base: nn.Module) -> torch.Tensor:
