@@ -231,3 +231,44 @@ def test_the_norm_gathers_a_zero3_partitioned_weight_only_when_it_is_not_held(mo
     torch.testing.assert_close(dora.layer_inv_norm(layer, "default"), want, rtol=0, atol=0)
     # gathered read-only (no rank writes back), and only when ZeRO-3 does not hold it already
     assert gathered == ([(layer.base_layer.weight, None)] if status == "NOT_AVAILABLE" else [])
+
+
+def test_an_empty_batch_gives_what_peft_gives():
+    # no tokens at all (an empty shard of a last batch): the backward's batch-norm kernel would divide by zero
+    reference = peft_model()
+    fast = copy.deepcopy(reference)
+    use_vlft_dora(fast)
+    results = []
+    for model in (reference, fast):
+        outputs = model(torch.randn(0, 16, 64), torch.randn(0, 3, 16, 16))
+        sum(o.sum() for o in outputs).backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        results.append(([o.shape for o in outputs], grads))
+    assert results[1][0] == results[0][0]
+    for name, want in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("layout", ["tokens", "nchw", "channels-last-memory", "bf16-y"])
+def test_the_backward_scales_the_gradient_and_sums_it_against_y_per_channel(dtype, layout):
+    """The backward's one-pass ``(grad ⊙ scale, Σ grad ⊙ y)`` against the products and sums written out."""
+    from vlft.adapters._dora_autograd import _scale_and_token_sum
+
+    torch.manual_seed(0)
+    shape, channel_dim = ((4, 16, 32), -1) if layout in ("tokens", "bf16-y") else ((2, 32, 5, 5), 1)
+    grad, y = torch.randn(shape).to(dtype), torch.randn(shape).to(torch.bfloat16 if layout == "bf16-y" else dtype)
+    if layout == "channels-last-memory":
+        grad = grad.contiguous(memory_format=torch.channels_last)
+    scale = torch.rand(32) + 0.5
+    view = [-1 if d == channel_dim % len(shape) else 1 for d in range(len(shape))]
+    scaled, summed = _scale_and_token_sum(grad, y, scale.view(view), channel_dim == -1, True, True)
+    # the scaled gradient: one product in fp32 (fp64 for fp64), rounded once to grad's dtype
+    exact = torch.float64 if dtype == torch.float64 else torch.float32
+    torch.testing.assert_close(scaled, (grad.to(exact) * scale.view(view).to(exact)).to(dtype), rtol=0, atol=0)
+    # the sum: fp32 accumulation (fp64 for fp64) of products of the values as given
+    dims = [d for d in range(len(shape)) if d != channel_dim % len(shape)]
+    want = (grad.double() * y.double()).sum(dims)
+    assert summed.dtype == exact
+    torch.testing.assert_close(summed.double(), want, rtol=1e-12 if exact == torch.float64 else 1e-5, atol=1e-5)
+    assert _scale_and_token_sum(grad, y, scale, channel_dim == -1, False, False) == (None, None)

@@ -68,9 +68,9 @@ def _row_norms(weight: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.linalg.vector_norm(b, dim=1, dtype=torch.float32) for b in weight.split(rows)])
 
 
-@torch.no_grad()
 def inv_weight_norm(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float) -> torch.Tensor:
-    """1 / ||W + s·B·A|| per output channel (fp32, shape (out,)), without the out x in product B·A.
+    """1 / ||W + s·B·A|| per output channel (fp32, shape (out,)), without the out x in product B·A. Called under
+    no_grad: the norm is a constant to autograd.
 
     ``||W + sBA||²_row = ||W||²_row + rowsum(B ⊙ (2s·W·Aᵀ + s²·B·A·Aᵀ))``; a Conv2d kernel is flattened to
     out x (in·kh·kw). W is read twice, in its own dtype (the row norms, and W·Aᵀ with fp32 accumulation).
@@ -92,11 +92,47 @@ def inv_weight_norm(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Te
     return squared.clamp_min_(0).rsqrt_()
 
 
-def _token_sum(a: torch.Tensor, b: torch.Tensor, channel_dim: int, keepdim: bool = False) -> torch.Tensor:
-    """Σ a ⊙ b over every dim but ``channel_dim``, accumulated in fp32 (fp16 gradients with loss scaling
-    would overflow a low-precision sum over all tokens)."""
-    dims = [d for d in range(a.dim()) if d != channel_dim]
-    return torch.sum(a * b, dim=dims, keepdim=keepdim, dtype=torch.float32)
+def _scale_and_token_sum(grad: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, channels_last: bool,
+                         want_scaled: bool, want_sum: bool):
+    """(``grad ⊙ scale``, ``Σ grad ⊙ y`` over every dim but the channels', fp32), each if wanted, in one pass.
+
+    That pair is batch norm's backward in eval mode with weight ``scale``, running mean 0 and running variance
+    0 + eps 1 (invstd 1): grad_input = grad·weight·invstd, grad_weight = Σ grad·(y − mean)·invstd. Its kernel
+    reads grad and y once, where ``grad * scale`` and ``(grad * y).sum()`` read grad twice and write and read
+    back a product the size of the activation. Products and sums are fp32 (fp16 gradients with loss scaling
+    would overflow a low-precision sum over all tokens); the scaled gradient is rounded once, to grad's dtype.
+    ``channels_last``: channels on the last dim (a Linear's), else on dim 1 (a Conv2d's, batch norm's own).
+    """
+    if not (want_scaled or want_sum):
+        return None, None
+    shape = grad.shape
+    if channels_last:
+        grad, y = _flat(grad), _flat(y)
+    channels = grad.shape[1]
+    stat_dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32  # what batch norm takes
+    if grad.numel() == 0:  # batch norm's CPU kernel would divide by zero elements
+        return (grad.new_empty(shape) if want_scaled else None), grad.new_zeros(channels, dtype=stat_dtype)
+    zeros, unsaved = _zeros(channels, stat_dtype, grad.device), _zeros(0, stat_dtype, grad.device)
+    scale = as_dtype(scale if scale.dim() == 1 else scale.view(channels), stat_dtype)
+    # eval mode reads the running statistics; the saved ones must still be tensors (empty) for CUDA's kernel
+    scaled, summed, _ = torch.ops.aten.native_batch_norm_backward(
+        grad, as_dtype(y, grad.dtype), scale, zeros, zeros, unsaved, unsaved, False, 1.0,
+        [want_scaled, want_sum, False])
+    if want_scaled and scaled.shape != shape:
+        scaled = scaled.view(shape)
+    return scaled, summed
+
+
+_ZEROS: dict[tuple, torch.Tensor] = {}
+
+
+def _zeros(size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A vector of zeros made once per (size, dtype, device) and only ever read (ops saved in every layer)."""
+    key = (size, dtype, device)
+    zeros = _ZEROS.get(key)
+    if zeros is None:
+        zeros = _ZEROS[key] = torch.zeros(size, dtype=dtype, device=device)
+    return zeros
 
 
 class DoraLinearFn(torch.autograd.Function):
@@ -106,7 +142,7 @@ class DoraLinearFn(torch.autograd.Function):
     GEMM adds ``h·(s·g⊙B)ᵀ`` in place, ``h = x'·Aᵀ``. Saved: x' and h (as LoRA saves them) and y − b, the one
     extra activation. Backward: the magnitude gradient is ``inv_norm · (Σ G⊙(y − b) + s·rowsum(B ⊙ Gᵀh))``
     with Gᵀh grad_B's own product: no pre-scaling output is formed, and a zero magnitude needs nothing
-    special.
+    special. The token sum and the base output's gradient g⊙G come from one pass over G and y.
 
     Dtypes: x' and A in ``lora_dtype`` (the autocast dtype, else the adapters'); the output in the promotion
     of that and result's dtype (fp32 adapters on a bf16 base: fp32, which peft casts back, as for LoRA).
@@ -128,20 +164,21 @@ class DoraLinearFn(torch.autograd.Function):
             B_scaled = as_dtype(lora_B * scaled_g.unsqueeze(1), out_dtype)  # (out, r)
             out = torch.addcmul(result, y, delta)
             _flat(out).addmm_(h, B_scaled.t())
-        ctx.save_for_backward(x2, A, h, y, B_scaled, scaled_g, delta, lora_B, inv_norm)
+        grad_scale = delta if y_drop is not None else g  # d out / d y: g − 1 with dropout, else g
+        ctx.save_for_backward(x2, A, h, y, B_scaled, scaled_g, grad_scale, lora_B, inv_norm)
         ctx.scaling, ctx.dropout, ctx.x_shape = scaling, y_drop is not None, x.shape
         ctx.dtypes = lora_A.dtype, magnitude.dtype
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x2, A, h, y, B_scaled, scaled_g, delta, lora_B, inv_norm = ctx.saved_tensors
+        x2, A, h, y, B_scaled, scaled_g, grad_scale, lora_B, inv_norm = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        grad_x = grad_result = grad_y = grad_A = grad_B = grad_m = None
-        if needs[1]:
-            grad_result = grad_out if ctx.dropout else torch.addcmul(grad_out, grad_out, delta)  # g ⊙ G
-        if needs[2]:
-            grad_y = grad_out * delta
+        grad_x = grad_A = grad_B = grad_m = None
+        # g ⊙ G to the base output, or with dropout G to it and (g − 1) ⊙ G to the base of x'; Σ G ⊙ (y − b)
+        scaled, summed = _scale_and_token_sum(grad_out, y, grad_scale, True, needs[2 if ctx.dropout else 1], needs[5])
+        grad_result = (grad_out if needs[1] else None) if ctx.dropout else scaled
+        grad_y = scaled if ctx.dropout else None
         G = _flat(grad_out)
         if needs[0] or needs[3]:
             grad_h = as_dtype(torch.mm(G, B_scaled), A.dtype)
@@ -152,7 +189,6 @@ class DoraLinearFn(torch.autograd.Function):
             if needs[4]:
                 grad_B = gT_h * scaled_g.unsqueeze(1)
             if needs[5]:
-                summed = _token_sum(G, _flat(y), 1)
                 summed.add_(as_dtype((lora_B * gT_h).sum(dim=1), torch.float32), alpha=ctx.scaling)
                 grad_m = _into(ctx.dtypes[1], torch.mul, summed, inv_norm)
         return grad_x, grad_result, grad_y, grad_A, grad_B, grad_m, None, None, None, None
@@ -173,8 +209,7 @@ class DoraScaleFn(torch.autograd.Function):
         shape = [1] * result.dim()
         shape[channel_dim] = -1
         dtype = promoted(result.dtype, lora.dtype)
-        inv_norm = inv_norm if channels_last else inv_norm.view(shape)
-        g = inv_norm * magnitude
+        g = (inv_norm if channels_last else inv_norm.view(shape)) * magnitude
         delta = _into(dtype, torch.sub, g, 1)
         scaled_g = _into(dtype, torch.mul, g, scaling)
         z_plus_b = torch.add(result if y_drop is None else y_drop, lora, alpha=scaling)
@@ -186,25 +221,23 @@ class DoraScaleFn(torch.autograd.Function):
         if y_drop is not None:
             z_plus_b = torch.add(result, lora, alpha=scaling)  # result + s·lora
         out = torch.addcmul(z_plus_b, z, delta)
-        ctx.save_for_backward(z, delta, scaled_g, inv_norm)
-        ctx.channel_dim, ctx.channels_last, ctx.dropout = channel_dim, channels_last, y_drop is not None
+        grad_scale = delta if y_drop is not None else g  # d out / d y: g − 1 with dropout, else g
+        ctx.save_for_backward(z, grad_scale, scaled_g, inv_norm)
+        ctx.channels_last, ctx.dropout = channels_last, y_drop is not None
         ctx.magnitude_dtype, ctx.magnitude_shape = magnitude.dtype, magnitude.shape
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        z, delta, scaled_g, inv_norm = ctx.saved_tensors
+        z, grad_scale, scaled_g, inv_norm = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        grad_result = grad_y = grad_lora = grad_m = None
-        if needs[0]:
-            grad_result = grad_out if ctx.dropout else torch.addcmul(grad_out, grad_out, delta)  # g ⊙ G
-        if needs[1]:  # dropout: d out / d y = g − 1
-            grad_y = grad_out * delta
+        grad_lora = grad_m = None
+        scaled, summed = _scale_and_token_sum(grad_out, z, grad_scale, ctx.channels_last,
+                                              needs[1 if ctx.dropout else 0], needs[3])
+        grad_result = (grad_out if needs[0] else None) if ctx.dropout else scaled
+        grad_y = scaled if ctx.dropout else None
         if needs[2]:
             grad_lora = grad_out * scaled_g
         if needs[3]:
-            summed = _token_sum(grad_out, z, ctx.channel_dim, keepdim=not ctx.channels_last)
-            grad_m = _into(ctx.magnitude_dtype, torch.mul, summed, inv_norm)
-            if grad_m.shape != ctx.magnitude_shape:
-                grad_m = grad_m.view(ctx.magnitude_shape)
+            grad_m = _into(ctx.magnitude_dtype, torch.mul, summed, inv_norm).view(ctx.magnitude_shape)
         return grad_result, grad_y, grad_lora, grad_m, None, None, None, None

@@ -35,26 +35,27 @@ from torch import nn
 from vlft.adapters._dora_autograd import DoraLinearFn, DoraScaleFn, as_dtype, inv_weight_norm
 
 
-def layer_inv_norm(module: LoraLayer, adapter: str, weight: torch.Tensor | None = None) -> torch.Tensor:
+def layer_inv_norm(module: LoraLayer, adapter: str, weight: torch.Tensor | None = None,
+                   base: nn.Module | None = None) -> torch.Tensor:
     """1 / ||W + s·B·A|| per output channel (fp32) of one DoRA layer; W dequantized if the base is quantized
-    (``weight``: the dequantized W, when the caller has made it already).
+    (``weight``: the dequantized W, ``base``: the base layer, when the caller has them already).
 
     Cached only under peft's ``DoraCaching`` in eval mode, in peft's per-layer cache (cleared by ``train()``).
     """
+    base = base_layer(module) if base is None else base
     holder = module.lora_magnitude_vector[adapter]
     if not peft_dora.ENABLE_DORA_CACHING or module.training:
         holder._cache_clear()  # as peft's cache decorator does outside caching
-        return _compute_inv_norm(module, adapter, weight)
+        return _compute_inv_norm(module, adapter, base, weight)
     key = f"vlft-inv-norm-{adapter}"
     inv_norm = holder._cache_get(key, None)
     if inv_norm is None:
-        inv_norm = _compute_inv_norm(module, adapter, weight)
+        inv_norm = _compute_inv_norm(module, adapter, base, weight)
         holder._cache_store(key, inv_norm)
     return inv_norm
 
 
-def _compute_inv_norm(module: LoraLayer, adapter: str, weight: torch.Tensor | None) -> torch.Tensor:
-    base = module.get_base_layer()
+def _compute_inv_norm(module: LoraLayer, adapter: str, base: nn.Module, weight: torch.Tensor | None):
     status = getattr(getattr(base, "weight", None), "ds_status", None)
     # ZeRO-3 holds W gathered while its module runs; gather it here (read-only) only if it is not
     partitioned = weight is None and status is not None and status.name == "NOT_AVAILABLE"
@@ -64,10 +65,20 @@ def _compute_inv_norm(module: LoraLayer, adapter: str, weight: torch.Tensor | No
                                module.lora_A[adapter].weight, module.lora_B[adapter].weight, module.scaling[adapter])
 
 
+def base_layer(module: LoraLayer) -> nn.Module:
+    """peft's ``get_base_layer`` by dictionary lookups (``hasattr`` on a module raises and catches an
+    AttributeError inside: microseconds a layer, which count where steps are launch-bound)."""
+    while "base_layer" in module._modules:
+        module = module._modules["base_layer"]
+    return module
+
+
 def dequantized_weight(base: nn.Module) -> torch.Tensor:
     """W of a base layer, dequantized if quantized, read without changing the layer: peft's helper re-wraps a
     bitsandbytes weight on the CPU at every call, which loses LLM.int8's scales after the first forward."""
     weight = getattr(base, "weight", None)
+    if not _quantized(base):
+        return weight
     kind = type(weight).__name__
     if kind == "Params4bit":
         import bitsandbytes.functional as bnb_functional
@@ -84,9 +95,12 @@ def dequantized_weight(base: nn.Module) -> torch.Tensor:
 
 
 def _quantized(base: nn.Module) -> bool:
-    """Whether the base stores something other than W (bitsandbytes' Params4bit and Int8Params, torchao, HQQ)."""
+    """Whether the base stores something other than W (bitsandbytes' Params4bit and Int8Params, torchao, HQQ);
+    by dictionary lookups, not ``hasattr``, which on a module raises and catches inside."""
+    if "W_q" in base._parameters or "W_q" in base._buffers or "W_q" in base.__dict__:  # HQQ
+        return True
     weight = getattr(base, "weight", None)
-    return hasattr(base, "W_q") or (weight is not None and type(weight) not in (nn.Parameter, torch.Tensor))
+    return weight is not None and type(weight) not in (nn.Parameter, torch.Tensor)
 
 
 class _DequantizedLinear(torch.autograd.Function):
@@ -106,21 +120,21 @@ class _DequantizedLinear(torch.autograd.Function):
         return grad_out @ as_dtype(weight, grad_out.dtype), None, None
 
 
-def _lora_dtype(module: LoraLayer, adapter: str, x: torch.Tensor) -> torch.dtype:
+def _lora_dtype(lora_A: nn.Module, x: torch.Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
-    return module.lora_A[adapter].weight.dtype
+    return lora_A.weight.dtype
 
 
-def _plain_lora(module: LoraLayer, adapter: str) -> bool:
+def _plain_lora(lora_A: nn.Module, lora_B: nn.Module) -> bool:
     """Whether the LoRA matrices are plain bias-free nn.Linear (what ``DoraLinearFn`` multiplies itself)."""
-    lora_A, lora_B = module.lora_A[adapter], module.lora_B[adapter]
     return type(lora_A) is nn.Linear and type(lora_B) is nn.Linear and lora_B.bias is None
 
 
 def dora_forward(module: LoraLayer, adapter: str, x: torch.Tensor, result: torch.Tensor, channel_dim: int):
     """peft's DoRA output for ``result = base_layer(x)`` (x in the adapters' dtype, as peft passes it)."""
-    base = module.get_base_layer()
+    base = base_layer(module)
+    lora_A, lora_B = module.lora_A[adapter], module.lora_B[adapter]
     dropout, scaling = module.lora_dropout[adapter], module.scaling[adapter]
     magnitude = module.lora_magnitude_vector[adapter].weight  # (out,); a Conv2d's is (1, out, 1, 1)
     y_drop = weight = None
@@ -134,12 +148,12 @@ def dora_forward(module: LoraLayer, adapter: str, x: torch.Tensor, result: torch
             y_drop = _DequantizedLinear.apply(as_dtype(x, result.dtype), weight, base)
         else:
             y_drop = base(as_dtype(x, result.dtype))
-    inv_norm = layer_inv_norm(module, adapter, weight)
+    inv_norm = layer_inv_norm(module, adapter, weight, base)
     bias = base.bias if getattr(base, "bias", None) is not None else None
-    if channel_dim == -1 and _plain_lora(module, adapter):
-        return DoraLinearFn.apply(x, result, y_drop, module.lora_A[adapter].weight, module.lora_B[adapter].weight,
-                                  magnitude, inv_norm, bias, scaling, _lora_dtype(module, adapter, x))
-    lora = module.lora_B[adapter](module.lora_A[adapter](x))
+    if channel_dim == -1 and _plain_lora(lora_A, lora_B):
+        return DoraLinearFn.apply(x, result, y_drop, lora_A.weight, lora_B.weight, magnitude, inv_norm, bias,
+                                  scaling, _lora_dtype(lora_A, x))
+    lora = lora_B(lora_A(x))
     return DoraScaleFn.apply(result, y_drop, lora, magnitude, inv_norm, bias, scaling, channel_dim % result.dim())
 
 
@@ -154,7 +168,7 @@ class VlftDoraLinearVariant(DoraLinearVariant):
 
     @staticmethod
     def forward(module, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs) -> torch.Tensor:
-        if getattr(module, "fan_in_fan_out", False) or _trainable_bias(module.get_base_layer()):
+        if getattr(module, "fan_in_fan_out", False) or _trainable_bias(base_layer(module)):
             return DoraLinearVariant.forward(module, active_adapter, x, result, **kwargs)
         return dora_forward(module, active_adapter, x, result, channel_dim=-1)
 
@@ -164,7 +178,7 @@ class VlftDoraConv2dVariant(DoraConv2dVariant):
 
     @staticmethod
     def forward(module, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs) -> torch.Tensor:
-        base = module.get_base_layer()
+        base = base_layer(module)
         if base.groups != 1 or _trainable_bias(base):
             return DoraConv2dVariant.forward(module, active_adapter, x, result, **kwargs)
         return dora_forward(module, active_adapter, x, result, channel_dim=1)
