@@ -94,13 +94,14 @@ def inv_weight_norm(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Te
 
 def _scale_and_token_sum(grad: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, channels_last: bool,
                          want_scaled: bool, want_sum: bool):
-    """(``grad ⊙ scale``, ``Σ grad ⊙ y`` over every dim but the channels', fp32), each if wanted, in one pass.
+    """(``grad ⊙ scale``, ``Σ grad ⊙ y`` over every dim but the channels', fp32), each if wanted, in one op.
 
     That pair is batch norm's backward in eval mode with weight ``scale``, running mean 0 and running variance
-    0 + eps 1 (invstd 1): grad_input = grad·weight·invstd, grad_weight = Σ grad·(y − mean)·invstd. Its kernel
-    reads grad and y once, where ``grad * scale`` and ``(grad * y).sum()`` read grad twice and write and read
-    back a product the size of the activation. Products and sums are fp32 (fp16 gradients with loss scaling
-    would overflow a low-precision sum over all tokens); the scaled gradient is rounded once, to grad's dtype.
+    0 + eps 1 (invstd 1): grad_input = grad·weight·invstd, grad_weight = Σ grad·(y − mean)·invstd. Its kernels
+    read grad and y and write only the scaled gradient, where ``grad * scale`` and ``(grad * y).sum()`` also
+    write, and read back, a product the size of the activation. Products and sums are fp32 (fp16 gradients
+    with loss scaling would overflow a low-precision sum over all tokens); the scaled gradient is rounded once,
+    to grad's dtype.
     ``channels_last``: channels on the last dim (a Linear's), else on dim 1 (a Conv2d's, batch norm's own).
     """
     if not (want_scaled or want_sum):
@@ -142,7 +143,7 @@ class DoraLinearFn(torch.autograd.Function):
     GEMM adds ``h·(s·g⊙B)ᵀ`` in place, ``h = x'·Aᵀ``. Saved: x' and h (as LoRA saves them) and y − b, the one
     extra activation. Backward: the magnitude gradient is ``inv_norm · (Σ G⊙(y − b) + s·rowsum(B ⊙ Gᵀh))``
     with Gᵀh grad_B's own product: no pre-scaling output is formed, and a zero magnitude needs nothing
-    special. The token sum and the base output's gradient g⊙G come from one pass over G and y.
+    special. The token sum and the base output's gradient g⊙G come from one op over G and y.
 
     Dtypes: x' and A in ``lora_dtype`` (the autocast dtype, else the adapters'); the output in the promotion
     of that and result's dtype (fp32 adapters on a bf16 base: fp32, which peft casts back, as for LoRA).
