@@ -197,6 +197,7 @@ class TrainingConfig:
     warmup_ratio: float = _help("Fraction of steps spent warming up.", 0.03)
     max_grad_norm: float = _help("Gradient clipping norm.", 1.0)
     bf16: bool = _help("Mixed precision in bfloat16.", False)
+    fp16: bool = _help("Mixed precision in float16 with loss scaling (GPUs without bf16); a CPU runs fp32.", False)
     logging_steps: int = _help("Log the loss every N steps.", 10)
     save_steps: int = _help("Write a checkpoint every N steps.", 500)
     save_total_limit: int | None = _help("Keep at most this many checkpoints.", 2)
@@ -217,6 +218,8 @@ class TrainingConfig:
     def __post_init__(self):
         if self.ddp_timeout <= 0:
             raise ConfigError(f"training.ddp_timeout must be a positive number of seconds, got {self.ddp_timeout}")
+        if self.bf16 and self.fp16:
+            raise ConfigError("training.bf16 and training.fp16 are both true: choose one")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from transformers import TrainingArguments, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from vlft.adapters import apply_adapters, trainable_summary
-from vlft.config import RunConfig, config_to_dict
+from vlft.config import ConfigError, RunConfig, config_to_dict
 from vlft.models import ModelBundle, get_family
 from vlft.models.contract import ModelFamily
 from vlft.models.tiny import model_path, zero3_init_paused
@@ -53,7 +53,8 @@ def build_training_arguments(cfg: RunConfig, on_each_node: bool = False) -> Trai
         output_dir=t.output_dir, seed=t.seed, data_seed=t.seed, num_train_epochs=t.epochs, max_steps=t.max_steps,
         per_device_train_batch_size=t.per_device_batch_size, gradient_accumulation_steps=t.gradient_accumulation_steps,
         learning_rate=t.lr, weight_decay=t.weight_decay, lr_scheduler_type=t.scheduler, warmup_steps=t.warmup_ratio,
-        max_grad_norm=t.max_grad_norm, bf16=t.bf16, logging_steps=t.logging_steps, logging_first_step=True,
+        max_grad_norm=t.max_grad_norm, bf16=t.bf16, fp16=t.fp16, logging_steps=t.logging_steps,
+        logging_first_step=True,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
         eval_strategy="steps" if t.eval_steps > 0 and cfg.data.eval else "no",
         eval_steps=t.eval_steps if t.eval_steps > 0 else None, deepspeed=deepspeed_config(t.deepspeed, on_each_node),
@@ -81,6 +82,25 @@ def training_data(cfg: RunConfig, family: ModelFamily, path: str):
     if train_set.skips is not None:
         log_main(f"{train_set.path}: {len(train_set)} examples kept; at load, {train_set.skips.summary()}")
     return train_set
+
+
+def check_one_trainable_dtype(model: torch.nn.Module, cfg: RunConfig) -> None:
+    """DeepSpeed's ZeRO flattens the trainable weights into one buffer of one dtype: ZeRO-3 refuses a mix and
+    ZeRO-2 upcasts it, so a bf16 layer trained in full then meets its bf16 input with an fp32 weight. A bf16
+    base gives such a mix (peft keeps LoRA/DoRA adapters fp32) unless DeepSpeed's own bf16 or fp16 mode casts
+    everything to one dtype (and keeps fp32 master weights): say so before DeepSpeed starts."""
+    t = cfg.training
+    if not t.deepspeed or t.bf16 or t.fp16:
+        return
+    first: dict[torch.dtype, str] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            first.setdefault(param.dtype, name)
+    if len(first) > 1:
+        found = ", ".join(f"{name} ({str(dtype).removeprefix('torch.')})" for dtype, name in first.items())
+        raise ConfigError(f"training.deepspeed: the trainable weights come in {len(first)} dtypes, e.g. {found}; "
+                          f"ZeRO trains one. With model.dtype {cfg.model.dtype} set training.bf16: true "
+                          "(DeepSpeed then keeps fp32 master weights), or model.dtype: float32")
 
 
 def adapts_conv2d(cfg: RunConfig) -> bool:
@@ -185,6 +205,7 @@ def train(cfg: RunConfig) -> TrainResult:
     train_set = training_data(cfg, family, path)
     bundle = load_model(cfg, family, path)
     model = apply_adapters(bundle.model, bundle.towers, cfg.adapters)
+    check_one_trainable_dtype(model, cfg)
     table, params = trainable_summary(model, bundle.towers, cfg.adapters)
     log_main(f"trainable parameters ({cfg.model.name_or_path}):\n{table}")
     trainer = VlftTrainer(model=model, args=args, train_dataset=train_set, family=family, bundle=bundle,
