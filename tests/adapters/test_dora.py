@@ -252,7 +252,7 @@ def test_an_empty_batch_gives_what_peft_gives():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("layout", ["tokens", "nchw", "channels-last-memory", "bf16-y"])
 def test_the_backward_scales_the_gradient_and_sums_it_against_y_per_channel(dtype, layout):
-    """The backward's one-pass ``(grad ⊙ scale, Σ grad ⊙ y)`` against the products and sums written out."""
+    """The backward's one-op ``(grad ⊙ scale, Σ grad ⊙ y)`` against the products and sums written out."""
     from vlft.adapters._dora_autograd import _scale_and_token_sum
 
     torch.manual_seed(0)
