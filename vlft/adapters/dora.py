@@ -91,7 +91,7 @@ def dequantized_weight(base: nn.Module) -> torch.Tensor:
         rows = state.CB if state.CB is not None else weight.data
         scales = state.SCB if state.SCB is not None else weight.SCB
         return bnb_functional.int8_vectorwise_dequant(rows, scales)
-    return dequantize_module_weight(base)  # torchao and HQQ; W itself when not quantized
+    return dequantize_module_weight(base)  # torchao and HQQ
 
 
 def _quantized(base: nn.Module) -> bool:
